@@ -22,5 +22,8 @@ def shared_dir() -> Path | None:
 def golden_dir() -> Path:
     root = shared_dir()
     if root is None:
-        pytest.skip("golden data not found: put the project's shared/ folder beside the checkout or set VIST3A_SHARED")
+        message = "golden data not found: put the project's shared/ folder beside the checkout or set VIST3A_SHARED"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message} (CI must check the goldens, never skip them)")
+        pytest.skip(message)
     return root / "golden"

@@ -1,0 +1,41 @@
+"""Our PyTorch implementations of VGGT and AnySplat, checkpoint-compatible with the published weights.
+
+* :class:`AnySplat` (``lhjiang/anysplat``) and :class:`VGGT` (``facebook/VGGT-1B``), configs in :mod:`.config`;
+* :func:`from_pretrained` loads a hub id, a folder (config.json + weights) or a weights file, strictly;
+* cut points for stitching: ``model.cut_points()``, ``model.capture(images, names)``,
+  ``model.forward_from(name, activation, images)`` (see :mod:`.cutpoints`).
+
+Nothing here needs compiled extensions (no xformers, no torch_scatter).
+"""
+
+from .anysplat import AnySplat, AnySplatPrediction, to_gaussians, voxel_fuse
+from .config import (
+    AggregatorConfig,
+    AnySplatConfig,
+    VGGTConfig,
+    anysplat_config_from_hub,
+)
+from .loading import (
+    CheckpointMismatchError,
+    from_pretrained,
+    load_checkpoint_into,
+    save_pretrained,
+)
+from .vggt import VGGT, VGGTPrediction
+
+__all__ = [
+    "VGGT",
+    "AggregatorConfig",
+    "AnySplat",
+    "AnySplatConfig",
+    "AnySplatPrediction",
+    "CheckpointMismatchError",
+    "VGGTConfig",
+    "VGGTPrediction",
+    "anysplat_config_from_hub",
+    "from_pretrained",
+    "load_checkpoint_into",
+    "save_pretrained",
+    "to_gaussians",
+    "voxel_fuse",
+]

@@ -1,0 +1,165 @@
+"""Model configurations: the published defaults (full size) and tiny variants for tests.
+
+All models are built from these dataclasses; ``to_dict`` / ``from_dict`` give the ``config.json`` form written
+next to our own checkpoints. :func:`anysplat_config_from_hub` reads the ``config.json`` of the official
+``lhjiang/anysplat`` PyTorchModelHubMixin repository (``{"encoder_cfg": {...}, "decoder_cfg": {...}}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["AggregatorConfig", "AnySplatConfig", "VGGTConfig", "anysplat_config_from_hub"]
+
+
+@dataclass
+class AggregatorConfig:
+    """DINOv2 patch embedding + alternating-attention aggregator (defaults: VGGT-1B / AnySplat)."""
+
+    img_size: int = 518          # size the stored position embedding was trained for (37 x 37 patches)
+    patch_size: int = 14
+    embed_dim: int = 1024
+    depth: int = 24              # frame/global block pairs
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    rope_freq: float = 100.0
+    init_values: float = 0.01
+    dino_depth: int = 24
+    dino_num_heads: int = 16
+
+    @classmethod
+    def tiny(cls) -> AggregatorConfig:
+        return cls(img_size=56, embed_dim=64, depth=4, num_heads=4, dino_depth=3, dino_num_heads=4)
+
+
+def _common_dict(cfg) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    for k, v in list(out.items()):
+        if isinstance(v, tuple):
+            out[k] = list(v)
+    return out
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    data = dict(data)
+    data.pop("model_type", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
+    if isinstance(data.get("aggregator"), dict):
+        data["aggregator"] = AggregatorConfig(**data["aggregator"])
+    for f in dataclasses.fields(cls):
+        if f.name in data and isinstance(data[f.name], list):
+            data[f.name] = tuple(data[f.name])
+    return cls(**data)
+
+
+@dataclass
+class VGGTConfig:
+    """VGGT (facebook/VGGT-1B): aggregator + camera, depth, point and track heads."""
+
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23)
+    camera_trunk_depth: int = 4
+    camera_num_heads: int = 16
+    camera_iterations: int = 4
+    dpt_features: int = 256
+    dpt_out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
+    dpt_hidden: int = 32
+    track_head: bool = True
+    track_features: int = 128
+    track_hidden: int = 384
+    track_depth: int = 6
+    track_num_heads: int = 8
+    track_num_virtual: int = 64
+    track_corr_levels: int = 7
+    track_corr_radius: int = 4
+    track_iters: int = 4
+
+    model_type = "vggt"
+
+    @classmethod
+    def tiny(cls) -> VGGTConfig:
+        return cls(aggregator=AggregatorConfig.tiny(), intermediate_layer_idx=(0, 1, 2, 3), camera_trunk_depth=1,
+                   camera_num_heads=4, dpt_features=32, dpt_out_channels=(16, 32, 64, 64), dpt_hidden=8,
+                   track_features=16, track_hidden=32, track_depth=2, track_num_heads=2, track_num_virtual=4,
+                   track_corr_levels=2, track_corr_radius=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **_common_dict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VGGTConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class AnySplatConfig:
+    """AnySplat (lhjiang/anysplat) encoder: aggregator + camera head + depth head + Gaussian head.
+
+    ``voxelize`` (confidence-weighted voxel fusion) is off by default: one Gaussian per pixel, as in VIST3A training.
+    ``opacity_mapping`` = (initial, final, warm_up) of AnySplat's ``map_pdf_to_opacity``.
+    """
+
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23)
+    camera_trunk_depth: int = 4
+    camera_num_heads: int = 16
+    camera_iterations: int = 4
+    dpt_features: int = 256
+    dpt_out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
+    dpt_hidden: int = 32
+    gs_hidden: int = 128
+    sh_degree: int = 4
+    opacity_mapping: tuple[float, float, int] = (0.0, 0.0, 1)
+    voxelize: bool = False
+    voxel_size: float = 0.002
+
+    model_type = "anysplat"
+
+    @property
+    def raw_gs_dim(self) -> int:
+        """Density + scales (3) + rotation (4) + SH (3K)."""
+        return 1 + 7 + 3 * (self.sh_degree + 1) ** 2
+
+    @classmethod
+    def tiny(cls) -> AnySplatConfig:
+        return cls(aggregator=AggregatorConfig.tiny(), intermediate_layer_idx=(0, 1, 2, 3), camera_trunk_depth=1,
+                   camera_num_heads=4, dpt_features=32, dpt_out_channels=(16, 32, 64, 64), dpt_hidden=8,
+                   gs_hidden=16, sh_degree=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **_common_dict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnySplatConfig:
+        return _from_dict(cls, data)
+
+
+def anysplat_config_from_hub(data: dict[str, Any]) -> AnySplatConfig:
+    """Our config from the official PyTorchModelHubMixin ``config.json`` (``encoder_cfg`` / ``decoder_cfg``).
+
+    Only the fields that change the inference network are read; the rest (training switches, decoder) is ignored.
+    The aggregator and heads always have the VGGT-1B sizes in the official code.
+    """
+    enc = data.get("encoder_cfg", data)
+    cfg = AnySplatConfig()
+    kwargs: dict[str, Any] = {}
+    ga = enc.get("gaussian_adapter") or {}
+    if "sh_degree" in ga:
+        kwargs["sh_degree"] = int(ga["sh_degree"])
+    om = enc.get("opacity_mapping")
+    if isinstance(om, dict):
+        kwargs["opacity_mapping"] = (float(om.get("initial", 0.0)), float(om.get("final", 0.0)),
+                                     int(om.get("warm_up", 1)))
+    if enc.get("intermediate_layer_idx"):
+        kwargs["intermediate_layer_idx"] = tuple(int(i) for i in enc["intermediate_layer_idx"])
+    if "voxel_size" in enc:
+        kwargs["voxel_size"] = float(enc["voxel_size"])
+    if enc.get("pred_head_type", "depth") != "depth":
+        raise ValueError(f"AnySplat: pred_head_type={enc.get('pred_head_type')!r} is not supported (only 'depth')")
+    return dataclasses.replace(cfg, **kwargs)

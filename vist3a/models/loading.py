@@ -1,0 +1,242 @@
+"""Loading checkpoints: hub id, local folder or single weights file; strict key matching.
+
+Hub layouts handled:
+
+* ``lhjiang/anysplat`` (PyTorchModelHubMixin): ``config.json`` (``encoder_cfg`` / ``decoder_cfg``) +
+  ``model.safetensors`` with ``encoder.*`` keys. Keys ``encoder.distill_*`` (training-only copies present when the
+  config has ``distill: true``) are dropped.
+* ``facebook/VGGT-1B``: ``model.pt`` (a plain state dict), possibly also ``config.json``.
+* Our own folders from :func:`save_pretrained`: ``config.json`` (with ``model_type``) + ``model.safetensors``.
+
+``.pt`` / ``.pth`` files are read with ``torch.load(weights_only=True)`` only; ``.safetensors`` with safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .anysplat import AnySplat
+from .config import AnySplatConfig, VGGTConfig, anysplat_config_from_hub
+from .vggt import VGGT
+
+__all__ = [
+    "KNOWN_REPOS",
+    "CheckpointMismatchError",
+    "from_pretrained",
+    "load_checkpoint_into",
+    "load_state_dict_file",
+    "save_pretrained",
+]
+
+logger = logging.getLogger(__name__)
+
+KNOWN_REPOS = {"lhjiang/anysplat": "anysplat", "facebook/VGGT-1B": "vggt", "facebook/VGGT-1B-Commercial": "vggt"}
+_WEIGHT_NAMES = ("model.safetensors", "model.pt", "pytorch_model.bin", "model.pth")
+_DROPPED_PREFIXES = ("encoder.distill_aggregator.", "encoder.distill_camera_head.", "encoder.distill_depth_head.")
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint's keys or shapes do not match the model built from the config."""
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file: ``.safetensors`` via safetensors, ``.pt/.pth/.bin`` via ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix in (".pt", ".pth", ".bin"):
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+            obj = obj["state_dict"]
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        return dict(obj)
+    raise ValueError(f"{path}: unsupported weights format {path.suffix!r} (use .safetensors, .pt or .pth)")
+
+
+def _fmt(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+                         ) -> None:
+    """Strictly copy ``state_dict`` into ``model`` (values cast to each parameter's dtype); raise
+    :class:`CheckpointMismatchError` listing missing, unexpected and mis-shaped keys otherwise."""
+    state = {k: v for k, v in state_dict.items() if not k.startswith(_DROPPED_PREFIXES)}
+    own = model.state_dict()
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        lines = [f"{type(model).__name__}: {source} does not match the model built from its config."]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+        if shapes:
+            lines.append(f"  mis-shaped keys ({len(shapes)}): " + "; ".join(shapes[:8])
+                         + (f" ... (+{len(shapes) - 8} more)" if len(shapes) > 8 else ""))
+        lines.append("  What to do: check that the file belongs to this model (AnySplat keys start with 'encoder.', "
+                     "VGGT keys with 'aggregator.'), pass model='anysplat' or 'vggt' explicitly, and pass the "
+                     "config the checkpoint was trained with (config.json next to the weights).")
+        raise CheckpointMismatchError("\n".join(lines))
+    model.load_state_dict(dict(state), strict=True, assign=False)
+
+
+def _infer_kind(state: Mapping[str, Any]) -> str:
+    if any(k.startswith("encoder.") for k in state):
+        return "anysplat"
+    if any(k.startswith("aggregator.") for k in state):
+        return "vggt"
+    raise ValueError("from_pretrained: cannot tell the model type from the weights; pass model='anysplat' or 'vggt'")
+
+
+def _config_for(kind: str, data: dict | None) -> AnySplatConfig | VGGTConfig:
+    if kind == "anysplat":
+        if data is None:
+            return AnySplatConfig()
+        if "encoder_cfg" in data:
+            return anysplat_config_from_hub(data)
+        return AnySplatConfig.from_dict(data)
+    if kind == "vggt":
+        if data is None or data.get("model_type") != "vggt":
+            # facebook/VGGT-1B's config.json only holds the constructor sizes (img_size, patch_size, embed_dim).
+            return VGGTConfig()
+        return VGGTConfig.from_dict(data)
+    raise ValueError(f"from_pretrained: unknown model {kind!r}; use 'anysplat' or 'vggt'")
+
+
+def _offline_message(repo_id: str, err: Exception) -> str:
+    return (f"from_pretrained: could not get {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "Offline mode (HF_HUB_OFFLINE=1), no network, a wrong repository id or missing access rights: "
+            "download the repository elsewhere "
+            f"(e.g. `huggingface-cli download {repo_id} --local-dir <folder>`) and pass the local folder or weights "
+            "file instead, e.g. from_pretrained('/path/to/folder') or from_pretrained('/path/to/model.safetensors').")
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    """Fetch the weights (first of ``_WEIGHT_NAMES`` present) and config.json; return the snapshot folder."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    except ImportError as err:  # pragma: no cover
+        raise RuntimeError("from_pretrained: huggingface_hub is needed for hub ids; pass a local path") from err
+    folder: Path | None = None
+    for name in _WEIGHT_NAMES:
+        try:
+            folder = Path(hf_hub_download(repo_id, name, revision=revision)).parent
+            break
+        except LocalEntryNotFoundError as err:  # offline (HF_HUB_OFFLINE=1 or no network) and not cached
+            if not _offline():
+                # Online but this file is missing from the cache and the network failed: same advice.
+                raise OSError(_offline_message(repo_id, err)) from err
+            continue  # offline: another weights name may be in the cache
+        except EntryNotFoundError:
+            continue  # the repository has no file of this name; try the next one
+        except Exception as err:  # no network, missing repository, authentication
+            raise OSError(_offline_message(repo_id, err)) from err
+    if folder is None:
+        if _offline():
+            raise OSError(_offline_message(repo_id, RuntimeError("HF_HUB_OFFLINE is set and nothing is cached")))
+        raise OSError(f"from_pretrained: {repo_id!r} has none of the weight files {_WEIGHT_NAMES}")
+    try:
+        hf_hub_download(repo_id, "config.json", revision=revision)
+    except (EntryNotFoundError, OSError) as err:  # VGGT-1B needs none; AnySplat falls back to the defaults
+        logger.info("from_pretrained: no config.json for %s (%s); using the published defaults", repo_id, err)
+    return folder
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def from_pretrained(
+    source: str | Path,
+    model: str | None = None,
+    config: AnySplatConfig | VGGTConfig | dict | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+) -> AnySplat | VGGT:
+    """Build AnySplat or VGGT and load weights strictly.
+
+    Args:
+        source: hub id (``"lhjiang/anysplat"``, ``"facebook/VGGT-1B"``), a local folder (``config.json`` +
+            ``model.safetensors`` / ``model.pt``) or a weights file (``.safetensors``, ``.pt``, ``.pth``).
+        model: ``"anysplat"`` or ``"vggt"``; inferred from config.json ``model_type``, the hub id, or the keys.
+        config: overrides the config found next to the weights.
+        device, dtype: where / as what to place the model (default CPU, the checkpoint dtype cast to float32).
+    Returns the model in eval mode.
+    """
+    source_str = str(source)
+    path = Path(source_str).expanduser()
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        weights = path if path.is_file() else None
+    elif "/" in source_str and not source_str.startswith((".", "/", "~")) and source_str.count("/") == 1:
+        folder = _download(source_str, revision)
+        weights = None
+        model = model or KNOWN_REPOS.get(source_str)
+    else:
+        raise FileNotFoundError(f"from_pretrained: {source_str!r} is neither an existing path nor a hub id")
+    if weights is None:
+        for name in _WEIGHT_NAMES:
+            if (folder / name).is_file():
+                weights = folder / name
+                break
+        else:
+            raise FileNotFoundError(f"from_pretrained: no weights ({', '.join(_WEIGHT_NAMES)}) in {folder}")
+    cfg_data = None
+    cfg_file = folder / "config.json"
+    if config is None and cfg_file.is_file():
+        cfg_data = json.loads(cfg_file.read_text())
+    state = load_state_dict_file(weights)
+    if isinstance(config, (AnySplatConfig, VGGTConfig)):
+        kind = model or config.model_type
+        cfg = config
+    else:
+        if isinstance(config, dict):
+            cfg_data = config
+        kind = model or (cfg_data or {}).get("model_type") or ("anysplat" if cfg_data and "encoder_cfg" in cfg_data
+                                                                 else None) or _infer_kind(state)
+        cfg = _config_for(kind, cfg_data)
+    with torch.device("meta"):
+        net = AnySplat(cfg) if kind == "anysplat" else VGGT(cfg)
+    net = net.to_empty(device="cpu").float()
+    load_checkpoint_into(net, state, source=str(weights))
+    del state
+    net = net.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else net
+    return net.eval()
+
+
+def save_pretrained(model: AnySplat | VGGT, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (our layout, readable by :func:`from_pretrained`).
+
+    Each file is written atomically (temporary file in ``folder``, then renamed), so an interrupted save never leaves
+    a truncated checkpoint behind or destroys an earlier one.
+    """
+    from safetensors.torch import save_file
+
+    from ..io.atomic import atomic_path, atomic_write
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, tmp)
+    with atomic_write(folder / "config.json", "w") as fh:
+        fh.write(json.dumps(model.config.to_dict(), indent=2))
+    return folder
