@@ -65,34 +65,55 @@ def crc32_tensor(key: str, shape) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=g, dtype=torch.float32) * 0.02
 
 
-@torch.no_grad()
-def apply_stitched_crc32_checkpoint(model: nn.Module, ckpt_listing: dict, cut: int = 2, scaling: float = 0.5
-                                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test-only emulation of the official VIST3A loading (README section 6b) on our AnySplat: LoRA entries
-    (crc32 of their own keys) merged into the weights, LoRA-layer biases replaced, cls/register tokens replaced.
-    Checkpoint DINO block j is our block j + cut. Returns the stitching conv (weight, bias)."""
-    import re
+def published_structure(decoder, r: int = 4) -> dict:
+    """The published VIST3A checkpoint structure (the ``structure`` entry of vist3a_stitched_ckpt_keys.json) for
+    any (tiny) stitched AnySplat decoder: loralib A/B for every Linear and square Conv2d, their biases, the
+    stitching layer and the tokens, with the official dtypes (non-head biases and tokens bfloat16)."""
+    from vist3a.stitching.lora import loralib_shapes, loralib_target_modules
 
-    def our_name(key: str) -> str:
-        return re.sub(r"^encoder\.aggregator\.patch_embed\.blocks\.(\d+)\.",
-                      lambda m: f"encoder.aggregator.patch_embed.blocks.{int(m.group(1)) + cut}.", key)
+    entries = []
+    for name, mod in loralib_target_modules(decoder.model).items():
+        a, b = loralib_shapes(mod, r)
+        entries.append([f"{name}.lora_A", list(a), "float32"])
+        if mod.bias is not None:
+            entries.append([f"{name}.bias", list(mod.bias.shape), "float32" if "head" in name else "bfloat16"])
+        entries.append([f"{name}.lora_B", list(b), "float32"])
+    pe = decoder.model.aggregator.patch_embed
+    sl = decoder.stitching
+    return {"lora": {"entries": entries},
+            "stitching_layer": {"entries": [["weight", list(sl.weight.shape), "float32"],
+                                            ["bias", list(sl.bias.shape), "float32"]]},
+            **{k: {"shape": list(getattr(pe, k).shape), "dtype": "bfloat16"}
+               for k in ("mask_token", "cls_token", "register_tokens")}}
 
-    entries = {k: shape for k, shape, _dtype in ckpt_listing["structure"]["lora"]["entries"]}
-    modules = dict(model.named_modules())
-    for key, shape in entries.items():
-        mod_name, kind = key.rsplit(".", 1)
-        mod = modules[our_name(mod_name)]
-        if kind == "bias":
-            mod.bias.copy_(crc32_tensor(key, shape))
-        elif kind == "lora_A":
-            a = crc32_tensor(key, shape)
-            b = crc32_tensor(f"{mod_name}.lora_B", entries[f"{mod_name}.lora_B"])
-            mod.weight.add_((b @ a).view(mod.weight.shape) * scaling)
-    pe = model.encoder.aggregator.patch_embed
-    pe.cls_token.copy_(crc32_tensor("cls_token", pe.cls_token.shape))
-    pe.register_tokens.copy_(crc32_tensor("register_tokens", pe.register_tokens.shape))
-    pe.mask_token.copy_(crc32_tensor("mask_token", pe.mask_token.shape))
-    sl = ckpt_listing["structure"]["stitching_layer"]["entries"]
-    shapes = {k: s for k, s, _ in sl}
-    return crc32_tensor("stitching_layer.weight", shapes["weight"]), crc32_tensor("stitching_layer.bias",
-                                                                                  shapes["bias"])
+
+def published_checkpoint(structure: dict, dtypes: bool = False) -> dict:
+    """A published-format checkpoint dict over ``structure`` with the golden README's VIST3A rule (section 6b):
+    crc32 of each entry's own key (``stitching_layer.weight``, ``cls_token`` ...), no ``1 +`` rule. Values are float32
+    (as the golden was made) unless ``dtypes``, which casts each entry to the structure's dtype (bf16 tokens ...)."""
+    def make(key, shape, dtype):
+        t = crc32_tensor(key, shape)
+        return t.to(getattr(torch, dtype)) if dtypes else t
+
+    return {
+        "lora": {k: make(k, shape, dt) for k, shape, dt in structure["lora"]["entries"]},
+        "stitching_layer": {k: make(f"stitching_layer.{k}", shape, dt)
+                            for k, shape, dt in structure["stitching_layer"]["entries"]},
+        **{k: make(k, structure[k]["shape"], structure[k]["dtype"])
+           for k in ("mask_token", "cls_token", "register_tokens")},
+    }
+
+
+TINY_STITCHING = "conv3d_k5x3x3_o64_s1x2x2_p2x1x1"  # the released layer at the tiny models' width (64)
+
+
+def tiny_stitched(kind: str = "anysplat", cut: str = "enc_blocks_2", config: str = TINY_STITCHING, seed: int = 0):
+    """A tiny StitchedDecoder (crc32 weights; the stitching layer from ``seed``) and an uncut copy of its 3D model."""
+    from vist3a.models import VGGT, AnySplat, AnySplatConfig, VGGTConfig
+    from vist3a.stitching import StitchedDecoder, StitchingLayer
+
+    cls, cfg = (AnySplat, AnySplatConfig.tiny()) if kind == "anysplat" else (VGGT, VGGTConfig.tiny())
+    full = build_crc32(cls, cfg)
+    base = build_crc32(cls, cfg)
+    torch.manual_seed(seed)
+    return StitchedDecoder(base, cut, StitchingLayer(config)).eval(), full

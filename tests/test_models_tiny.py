@@ -8,11 +8,9 @@ from _models_helpers import build_crc32
 from vist3a import Cameras, Gaussians, Pointmap
 from vist3a.models import VGGT, AnySplat, AnySplatConfig, VGGTConfig, voxel_fuse
 from vist3a.models.dinov2 import DinoVisionTransformer
-from vist3a.models.geometry import (
-    invert_se3,
-    pose_encoding_to_extri_intri,
-    unproject_depth,
-)
+from vist3a.cameras import invert_rigid, vggt_pose_encoding_to_extrinsics
+from vist3a.models.anysplat import ANYSPLAT_FOCAL_EPS
+from vist3a.models.geometry import unproject_depth
 from vist3a.models.heads.dpt import ResidualConvUnit
 from vist3a.models.rope import RotaryEmbedding2D, grid_positions
 
@@ -57,7 +55,7 @@ def test_anysplat_forward_shapes(anysplat, images):
         torch.testing.assert_close(g.means, out["world_points"][i].reshape(-1, 3))
         torch.testing.assert_close(g.opacities, out["anchor_feats"][i, :, 0].reshape(-1).sigmoid(), atol=1e-6,
                                    rtol=0)
-    torch.testing.assert_close(out["c2w"], invert_se3(out["extrinsic"]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["c2w"], invert_rigid(out["extrinsic"]), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out["intrinsic_normalized"][..., 0, 2], torch.full((b, v), 0.5))
 
 
@@ -82,7 +80,7 @@ def test_anysplat_geometry_conventions():
     pose = torch.zeros(1, 1, 9)
     pose[..., 6] = 1.0  # identity quaternion (xyzw)
     pose[..., 7:] = 1.0  # fov 1 rad
-    extr, intr = pose_encoding_to_extri_intri(pose, (4, 6))
+    extr, intr = vggt_pose_encoding_to_extrinsics(pose, 4, 6, eps=ANYSPLAT_FOCAL_EPS)
     torch.testing.assert_close(extr[0, 0], torch.eye(3, 4))
     assert intr[0, 0, 0, 0] == pytest.approx(3 / (torch.tan(torch.tensor(0.5)).item() + 1e-3))
     depth = torch.full((1, 1, 4, 6, 1), 2.0)

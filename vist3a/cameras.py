@@ -21,21 +21,39 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .rotations import matrix_to_quat, quat_to_matrix
+from .rotations import matrix_to_quat, quat_xyzw_to_matrix
 
-__all__ = ["Cameras", "invert_rigid", "look_at"]
+__all__ = ["Cameras", "invert_rigid", "look_at", "vggt_pose_encoding_to_extrinsics"]
 
 
 def invert_rigid(transforms: Tensor) -> Tensor:
-    """Inverse (..., 4, 4) of rigid transforms (..., 4, 4) [R t; 0 1] -> [R^T -R^T t; 0 1]."""
+    """Inverse (..., 4, 4) of rigid transforms given as (..., 4, 4) or (..., 3, 4) [R t]: [R^T -R^T t; 0 0 0 1]."""
     r = transforms[..., :3, :3]
     t = transforms[..., :3, 3:]
     rt = r.transpose(-1, -2)
-    out = torch.zeros_like(transforms)
+    out = torch.zeros(*transforms.shape[:-2], 4, 4, dtype=transforms.dtype, device=transforms.device)
     out[..., :3, :3] = rt
     out[..., :3, 3:] = -rt @ t
     out[..., 3, 3] = 1
     return out
+
+
+def vggt_pose_encoding_to_extrinsics(pose_enc: Tensor, height: int, width: int, eps: float = 0.0
+                                     ) -> tuple[Tensor, Tensor]:
+    """VGGT ``absT_quaR_FoV`` (..., 9) -> world-to-camera [R | t] (..., 3, 4) and pixel intrinsics (..., 3, 3).
+
+    fx = (W/2) / (tan(fov_w/2) + eps), fy = (H/2) / (tan(fov_h/2) + eps), principal point (W/2, H/2). VGGT uses
+    eps = 0; AnySplat adds eps = 1e-3 to the tangent. The quaternion (xyzw) need not be unit.
+    """
+    t, q, fov_h, fov_w = pose_enc[..., :3], pose_enc[..., 3:7], pose_enc[..., 7], pose_enc[..., 8]
+    extrinsics = torch.cat([quat_xyzw_to_matrix(q), t[..., None]], dim=-1)
+    k = torch.zeros(*pose_enc.shape[:-1], 3, 3, dtype=pose_enc.dtype, device=pose_enc.device)
+    k[..., 0, 0] = (width / 2.0) / (torch.tan(fov_w / 2.0) + eps)
+    k[..., 1, 1] = (height / 2.0) / (torch.tan(fov_h / 2.0) + eps)
+    k[..., 0, 2] = width / 2.0
+    k[..., 1, 2] = height / 2.0
+    k[..., 2, 2] = 1.0
+    return extrinsics, k
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
@@ -167,7 +185,9 @@ class Cameras:
     @classmethod
     def from_w2c(cls, w2c: Tensor, K: Tensor, width: int, height: int) -> "Cameras":
         """Cameras from world-to-camera (V, 4, 4) or (V, 3, 4) extrinsics."""
-        return cls(invert_rigid(_to_4x4(w2c)), K, width, height)
+        if w2c.shape[-2:] not in ((3, 4), (4, 4)):
+            raise ValueError(f"Cameras.from_w2c: extrinsics must be (V, 3, 4) or (V, 4, 4), got {tuple(w2c.shape)}")
+        return cls(invert_rigid(w2c), K, width, height)
 
     @classmethod
     def from_vggt_pose_encoding(cls, pose_enc: Tensor, height: int, width: int) -> "Cameras":
@@ -178,15 +198,7 @@ class Cameras:
         """
         if pose_enc.ndim != 2 or pose_enc.shape[-1] != 9:
             raise ValueError(f"Cameras.from_vggt_pose_encoding: pose_enc must be (V, 9), got {tuple(pose_enc.shape)}")
-        t, q_xyzw, fov_h, fov_w = pose_enc[:, :3], pose_enc[:, 3:7], pose_enc[:, 7], pose_enc[:, 8]
-        r = quat_to_matrix(q_xyzw[:, [3, 0, 1, 2]])
-        w2c = torch.cat([r, t[:, :, None]], dim=-1)
-        k = torch.zeros(pose_enc.shape[0], 3, 3, dtype=pose_enc.dtype, device=pose_enc.device)
-        k[:, 0, 0] = (width / 2.0) / torch.tan(fov_w / 2.0)
-        k[:, 1, 1] = (height / 2.0) / torch.tan(fov_h / 2.0)
-        k[:, 0, 2] = width / 2.0
-        k[:, 1, 2] = height / 2.0
-        k[:, 2, 2] = 1.0
+        w2c, k = vggt_pose_encoding_to_extrinsics(pose_enc, height, width)
         return cls.from_w2c(w2c, k, width, height)
 
     def to_vggt_pose_encoding(self) -> Tensor:
@@ -239,11 +251,3 @@ class Cameras:
         return f"Cameras(num={len(self)}, size={self.width}x{self.height}, dtype={self.dtype}, device={self.device})"
 
 
-def _to_4x4(m: Tensor) -> Tensor:
-    if m.shape[-2:] == (4, 4):
-        return m
-    if m.shape[-2:] != (3, 4):
-        raise ValueError(f"extrinsics must be (..., 3, 4) or (..., 4, 4), got {tuple(m.shape)}")
-    bottom = torch.zeros(m.shape[:-2] + (1, 4), dtype=m.dtype, device=m.device)
-    bottom[..., 0, 3] = 1
-    return torch.cat([m, bottom], dim=-2)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 __all__ = [
     "quat_to_matrix",
+    "quat_xyzw_to_matrix",
     "matrix_to_quat",
     "quat_multiply",
     "normalize_quat",
@@ -22,15 +23,25 @@ def normalize_quat(quats: Tensor, eps: float = 1e-12) -> Tensor:
     return quats / quats.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
-def quat_to_matrix(quats: Tensor) -> Tensor:
-    """Rotation matrices (..., 3, 3) from quaternions (..., 4) wxyz. Non-unit input is normalised first."""
-    w, x, y, z = normalize_quat(quats).unbind(-1)
+def quat_to_matrix(quats: Tensor, eps: float = 0.0) -> Tensor:
+    """Rotation matrices (..., 3, 3) from quaternions (..., 4) wxyz of any non-zero norm.
+
+    The norm is folded into the factor ``2 / (|q|^2 + eps)`` (the form VGGT and AnySplat use; their ``eps`` is 0 for
+    camera poses and 1e-8 for Gaussian rotations), so no separate normalisation is needed.
+    """
+    w, x, y, z = quats.unbind(-1)
+    two_s = 2.0 / ((quats * quats).sum(-1) + eps)
     rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        1 - two_s * (y * y + z * z), two_s * (x * y - z * w), two_s * (x * z + y * w),
+        two_s * (x * y + z * w), 1 - two_s * (x * x + z * z), two_s * (y * z - x * w),
+        two_s * (x * z - y * w), two_s * (y * z + x * w), 1 - two_s * (x * x + y * y),
     ]
     return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
+
+
+def quat_xyzw_to_matrix(quats_xyzw: Tensor, eps: float = 0.0) -> Tensor:
+    """:func:`quat_to_matrix` for scalar-last (xyzw) quaternions, the order VGGT and AnySplat store."""
+    return quat_to_matrix(quats_xyzw[..., [3, 0, 1, 2]], eps)
 
 
 def matrix_to_quat(matrices: Tensor) -> Tensor:

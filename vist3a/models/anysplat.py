@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
+from ..cameras import Cameras, invert_rigid, vggt_pose_encoding_to_extrinsics
 from ..gaussians import Gaussians
 from .aggregator import Aggregator
 from .config import AnySplatConfig
 from .cutpoints import CutPointMixin
-from .geometry import invert_se3, pose_encoding_to_extri_intri, unproject_depth
+from .geometry import unproject_depth
 from .heads.camera import CameraHead
 from .heads.dpt import DPTHead
 from .heads.gaussian import (
@@ -41,6 +41,8 @@ from .heads.gaussian import (
 )
 
 __all__ = ["AnySplat", "AnySplatEncoder", "AnySplatPrediction", "voxel_fuse"]
+
+ANYSPLAT_FOCAL_EPS = 1e-3  # AnySplat adds this to tan(fov/2) when it decodes the pose encoding (VGGT adds nothing)
 
 
 def voxel_fuse(points: Tensor, feats: Tensor, conf: Tensor, voxel_size: float) -> tuple[Tensor, Tensor]:
@@ -126,7 +128,7 @@ class AnySplat(CutPointMixin, nn.Module):
         head_dtype = enc.camera_head.token_norm.weight.dtype
         pose_list = enc.camera_head(layers[self.aggregator.depth - 1])
         pose_enc = pose_list[-1]
-        extrinsic, intrinsic = pose_encoding_to_extri_intri(pose_enc, (h, w))
+        extrinsic, intrinsic = vggt_pose_encoding_to_extrinsics(pose_enc.float(), h, w, eps=ANYSPLAT_FOCAL_EPS)
         depth, depth_conf = enc.depth_head(selected, (h, w), psi)
         world = unproject_depth(depth, extrinsic, intrinsic)
         gs = enc.gaussian_param_head(selected, images.to(head_dtype), psi)  # (B, V, C, H, W)
@@ -168,10 +170,13 @@ class AnySplat(CutPointMixin, nn.Module):
     @torch.no_grad()
     def predict(self, images: Tensor, global_step: int = 0) -> AnySplatPrediction:
         """Forward (no grad) and convert to :class:`Gaussians` (rotations wxyz, sh (N, K, 3)) and :class:`Cameras`."""
-        raw = self.forward(images, global_step=global_step)
+        return self.wrap_prediction(self.forward(images, global_step=global_step), images)
+
+    def wrap_prediction(self, raw: dict[str, Any], images: Tensor) -> AnySplatPrediction:
+        """Raw forward dict (from :meth:`forward` or :meth:`forward_from`) -> :class:`AnySplatPrediction`."""
         h, w = images.shape[-2:]
         gaussians = [to_gaussians(g) for g in raw["gaussians"]]
-        cameras = [Cameras(invert_se3(raw["extrinsic"][i]), raw["intrinsic"][i], w, h)
+        cameras = [Cameras(invert_rigid(raw["extrinsic"][i]), raw["intrinsic"][i], w, h)
                    for i in range(images.shape[0])]
         return AnySplatPrediction(gaussians, cameras, raw["depth"][..., 0], raw["depth_conf"], raw)
 

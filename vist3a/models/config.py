@@ -59,8 +59,9 @@ def _from_dict(cls, data: dict[str, Any]):
 
 
 @dataclass
-class VGGTConfig:
-    """VGGT (facebook/VGGT-1B): aggregator + camera, depth, point and track heads."""
+class _BackboneConfig:
+    """What VGGT and AnySplat share: the aggregator, the intermediate layers the DPT heads read, the camera head and
+    the DPT sizes. ``to_dict`` / ``from_dict`` give the ``config.json`` form (with ``model_type``)."""
 
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23)
@@ -70,6 +71,24 @@ class VGGTConfig:
     dpt_features: int = 256
     dpt_out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
     dpt_hidden: int = 32
+
+    model_type = ""
+
+    _TINY_SHARED = dict(intermediate_layer_idx=(0, 1, 2, 3), camera_trunk_depth=1, camera_num_heads=4,
+                        dpt_features=32, dpt_out_channels=(16, 32, 64, 64), dpt_hidden=8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **_common_dict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return _from_dict(cls, data)
+
+
+@dataclass
+class VGGTConfig(_BackboneConfig):
+    """VGGT (facebook/VGGT-1B): aggregator + camera, depth, point and track heads."""
+
     track_head: bool = True
     track_features: int = 128
     track_hidden: int = 384
@@ -84,35 +103,18 @@ class VGGTConfig:
 
     @classmethod
     def tiny(cls) -> VGGTConfig:
-        return cls(aggregator=AggregatorConfig.tiny(), intermediate_layer_idx=(0, 1, 2, 3), camera_trunk_depth=1,
-                   camera_num_heads=4, dpt_features=32, dpt_out_channels=(16, 32, 64, 64), dpt_hidden=8,
-                   track_features=16, track_hidden=32, track_depth=2, track_num_heads=2, track_num_virtual=4,
-                   track_corr_levels=2, track_corr_radius=1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": self.model_type, **_common_dict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VGGTConfig:
-        return _from_dict(cls, data)
+        return cls(aggregator=AggregatorConfig.tiny(), **cls._TINY_SHARED, track_features=16, track_hidden=32,
+                   track_depth=2, track_num_heads=2, track_num_virtual=4, track_corr_levels=2, track_corr_radius=1)
 
 
 @dataclass
-class AnySplatConfig:
+class AnySplatConfig(_BackboneConfig):
     """AnySplat (lhjiang/anysplat) encoder: aggregator + camera head + depth head + Gaussian head.
 
     ``voxelize`` (confidence-weighted voxel fusion) is off by default: one Gaussian per pixel, as in VIST3A training.
     ``opacity_mapping`` = (initial, final, warm_up) of AnySplat's ``map_pdf_to_opacity``.
     """
 
-    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
-    intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23)
-    camera_trunk_depth: int = 4
-    camera_num_heads: int = 16
-    camera_iterations: int = 4
-    dpt_features: int = 256
-    dpt_out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
-    dpt_hidden: int = 32
     gs_hidden: int = 128
     sh_degree: int = 4
     opacity_mapping: tuple[float, float, int] = (0.0, 0.0, 1)
@@ -128,16 +130,8 @@ class AnySplatConfig:
 
     @classmethod
     def tiny(cls) -> AnySplatConfig:
-        return cls(aggregator=AggregatorConfig.tiny(), intermediate_layer_idx=(0, 1, 2, 3), camera_trunk_depth=1,
-                   camera_num_heads=4, dpt_features=32, dpt_out_channels=(16, 32, 64, 64), dpt_hidden=8,
-                   gs_hidden=16, sh_degree=1)
+        return cls(aggregator=AggregatorConfig.tiny(), **cls._TINY_SHARED, gs_hidden=16, sh_degree=1)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": self.model_type, **_common_dict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AnySplatConfig:
-        return _from_dict(cls, data)
 
 
 def anysplat_config_from_hub(data: dict[str, Any]) -> AnySplatConfig:

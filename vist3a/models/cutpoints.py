@@ -39,15 +39,18 @@ class CutPointMixin:
 
     def cut_points(self) -> list[str]:
         """All cut-point names, in forward order."""
-        dino = len(self.aggregator.patch_embed.blocks)
-        return [f"enc_blocks_{k}" for k in range(1, dino + 1)] + [
+        pe = self.aggregator.patch_embed
+        dino = pe.first_block + len(pe.blocks)  # a stitched decoder's DINO starts at first_block (cut_front)
+        return [f"enc_blocks_{k}" for k in range(max(1, pe.first_block), dino + 1)] + [
             f"agg_blocks_{k}" for k in range(1, self.aggregator.depth + 1)]
 
     def _parse(self, name: str) -> tuple[str, int]:
         m = _NAME.match(name)
         if m is None or name not in self.cut_points():
-            raise ValueError(f"{type(self).__name__}: unknown cut point {name!r}; valid: enc_blocks_1.."
-                             f"{len(self.aggregator.patch_embed.blocks)}, agg_blocks_1..{self.aggregator.depth}")
+            pe = self.aggregator.patch_embed
+            raise ValueError(f"{type(self).__name__}: unknown cut point {name!r}; valid: enc_blocks_"
+                             f"{max(1, pe.first_block)}..{pe.first_block + len(pe.blocks)}, agg_blocks_1.."
+                             f"{self.aggregator.depth}")
         return m.group(1), int(m.group(2))
 
     def _head_layers(self) -> set[int]:
@@ -93,7 +96,10 @@ class CutPointMixin:
         try:
             for name, (kind, k) in parsed.items():
                 if kind == "enc":
-                    handles.append(agg.patch_embed.blocks[k - 1].register_forward_hook(enc_hook(name)))
+                    if k <= agg.patch_embed.first_block:
+                        raise ValueError(f"capture({name!r}): DINO blocks before {k} were removed (stitched model)")
+                    blk = agg.patch_embed.blocks[k - 1 - agg.patch_embed.first_block]
+                    handles.append(blk.register_forward_hook(enc_hook(name)))
             if any(kind == "agg" for kind, _ in parsed.values()):
                 for i in range(agg.depth):
                     names_i = [n for n, (kind, k) in parsed.items() if kind == "agg" and k == i + 1]

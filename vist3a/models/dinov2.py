@@ -44,6 +44,10 @@ class DinoVisionTransformer(nn.Module):
     Cut-point helpers: :meth:`embed` (tokens entering block 0), :meth:`run_blocks` (blocks [start, end)),
     :meth:`finish` (final norm, prefix dropped) and :meth:`add_prefix` (cls + position embedding + registers for
     patch features coming from elsewhere, the stitched-decoder path).
+
+    :meth:`cut_front` (stitched decoders) deletes the patch conv and the first k blocks for good; the kept blocks
+    are re-indexed from 0 (``blocks.j`` = original block j + k, the official VIST3A layout) and ``first_block``
+    remembers k, so ``run_blocks`` keeps taking ORIGINAL block indices.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class DinoVisionTransformer(nn.Module):
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.first_block = 0  # original index of blocks[0] (> 0 after cut_front)
         self.gradient_checkpointing = False  # recompute blocks in backward (training only; no numerical effect)
 
     @property
@@ -100,15 +105,31 @@ class DinoVisionTransformer(nn.Module):
         regs = self.register_tokens.to(x.dtype).expand(b, -1, -1)
         return torch.cat([x[:, :1], regs, x[:, 1:]], dim=1)
 
+    def cut_front(self, k: int) -> None:
+        """Delete the patch conv and the first ``k`` blocks (original numbering); the rest are re-indexed from 0."""
+        if not self.first_block <= k <= self.first_block + len(self.blocks):
+            raise ValueError(f"DINOv2 cut_front({k}): blocks {self.first_block}..{self.first_block + len(self.blocks)}"
+                             " are present")
+        self.blocks = nn.ModuleList(list(self.blocks)[k - self.first_block:])
+        self.first_block = k
+        self.patch_embed = None
+
     def embed(self, images: Tensor) -> Tensor:
         """Normalised images (B, 3, H, W) -> tokens (B, 1 + R + N, C) entering block 0."""
+        if self.patch_embed is None:
+            raise ValueError(f"DINOv2: the patch embedding and blocks 0..{self.first_block - 1} were removed "
+                             "(stitched decoder); feed features from the stitching layer instead of images")
         h, w = images.shape[-2:]
         x = self.patch_embed(images)
         return self.add_prefix(x, h // self.patch_size, w // self.patch_size)
 
     def run_blocks(self, tokens: Tensor, start: int = 0, end: int | None = None) -> Tensor:
+        """Blocks [start, end) in original numbering (see :meth:`cut_front`)."""
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for blk in self.blocks[start:end]:
+        if start < self.first_block:
+            raise ValueError(f"DINOv2: blocks before {self.first_block} were removed; cannot start at block {start}")
+        first = self.first_block
+        for blk in self.blocks[start - first:None if end is None else end - first]:
             tokens = checkpoint(blk, tokens, use_reentrant=False) if ckpt else blk(tokens)
         return tokens
 

@@ -119,12 +119,14 @@ def _config_for(kind: str, data: dict | None) -> AnySplatConfig | VGGTConfig:
     raise ValueError(f"from_pretrained: unknown model {kind!r}; use 'anysplat' or 'vggt'")
 
 
-def _offline_message(repo_id: str, err: Exception) -> str:
-    return (f"from_pretrained: could not get {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+def _offline_message(repo_id: str, err: Exception, caller: str = "from_pretrained",
+                     example: str = "from_pretrained('/path/to/folder') or "
+                                    "from_pretrained('/path/to/model.safetensors')") -> str:
+    return (f"{caller}: could not get {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
             "Offline mode (HF_HUB_OFFLINE=1), no network, a wrong repository id or missing access rights: "
             "download the repository elsewhere "
             f"(e.g. `huggingface-cli download {repo_id} --local-dir <folder>`) and pass the local folder or weights "
-            "file instead, e.g. from_pretrained('/path/to/folder') or from_pretrained('/path/to/model.safetensors').")
+            f"file instead, e.g. {example}.")
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

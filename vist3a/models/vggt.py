@@ -20,12 +20,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
+from ..cameras import Cameras, vggt_pose_encoding_to_extrinsics
 from ..pointmap import Pointmap
 from .aggregator import Aggregator
 from .config import VGGTConfig
 from .cutpoints import CutPointMixin
-from .geometry import pose_encoding_to_extri_intri, unproject_depth
+from .geometry import unproject_depth
 from .heads.camera import CameraHead
 from .heads.dpt import DPTHead
 from .heads.track import TrackHead
@@ -114,13 +114,18 @@ class VGGT(CutPointMixin, nn.Module):
         predicted cameras (VGGT's recommended branch, confidence = depth_conf); ``"head"`` uses the point head."""
         if images.ndim == 4:
             images = images[None]
-        raw = self.forward(images)
+        return self.wrap_prediction(self.forward(images), images, points_from)
+
+    def wrap_prediction(self, raw: dict[str, Any], images: Tensor, points_from: Literal["depth", "head"] = "depth"
+                        ) -> VGGTPrediction:
+        """Raw forward dict (from :meth:`forward` or :meth:`forward_from`) -> :class:`VGGTPrediction`;
+        ``images`` (B, S, 3, H, W) in [0, 1] give the size and the point colours."""
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         pose = raw["pose_enc"].float().clone()
         pose[..., 7:] = pose[..., 7:].clamp(min=1e-6)  # a zero field of view would give an infinite focal length
         cams = [Cameras.from_vggt_pose_encoding(pose[i], h, w) for i in range(b)]
         if points_from == "depth":
-            extr, intr = pose_encoding_to_extri_intri(pose, (h, w), eps=0.0)
+            extr, intr = vggt_pose_encoding_to_extrinsics(pose.float(), h, w)
             pts, conf = unproject_depth(raw["depth"], extr, intr), raw["depth_conf"]
         elif points_from == "head":
             pts, conf = raw["world_points"], raw["world_points_conf"]

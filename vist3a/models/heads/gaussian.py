@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...rotations import quat_xyzw_to_matrix
 from .dpt import DPTHead
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "GaussianHead",
     "gaussian_adapter",
     "opacity_from_density",
-    "quat_xyzw_to_matrix",
     "sh_mask",
 ]
 
@@ -74,18 +74,6 @@ def sh_mask(degree: int, dtype=torch.float32, device=None) -> Tensor:
     return mask
 
 
-def quat_xyzw_to_matrix(q: Tensor, eps: float = 1e-8) -> Tensor:
-    """Rotation matrices (..., 3, 3) from (not necessarily unit) xyzw quaternions, normaliser 2/(|q|^2 + eps)."""
-    i, j, k, r = q.unbind(-1)
-    two_s = 2.0 / ((q * q).sum(-1) + eps)
-    m = torch.stack([
-        1 - two_s * (j * j + k * k), two_s * (i * j - k * r), two_s * (i * k + j * r),
-        two_s * (i * j + k * r), 1 - two_s * (i * i + k * k), two_s * (j * k - i * r),
-        two_s * (i * k - j * r), two_s * (j * k + i * r), 1 - two_s * (i * i + j * j),
-    ], dim=-1)
-    return m.reshape(*q.shape[:-1], 3, 3)
-
-
 def opacity_from_density(density: Tensor, global_step: int = 0, initial: float = 0.0, final: float = 0.0,
                          warm_up: int = 1) -> Tensor:
     """AnySplat's ``map_pdf_to_opacity``: ``0.5 * (1 - (1-p)^e + p^(1/e))`` with ``e = 2^x`` (x ramps
@@ -118,7 +106,7 @@ def gaussian_adapter(means: Tensor, opacities: Tensor, raw: Tensor, sh_degree: i
     rot = raw[..., 3:7]
     rot = rot / (rot.norm(dim=-1, keepdim=True) + eps)
     sh = raw[..., 7:].reshape(*raw.shape[:-1], 3, k) * sh_mask(sh_degree, raw.dtype, raw.device)
-    r = quat_xyzw_to_matrix(rot)
+    r = quat_xyzw_to_matrix(rot, eps=1e-8)
     s = scales.diag_embed()
     cov = r @ s @ s.transpose(-1, -2) @ r.transpose(-1, -2)
     return GaussianAdapterOutput(means.float(), scales.float(), rot.float(), sh.float(), opacities.float(),

@@ -1,0 +1,213 @@
+"""Checkpoints on tiny models: published-format import (structure, merge, errors) and our folder format."""
+
+import json
+
+import pytest
+import torch
+from _models_helpers import (
+    TINY_STITCHING,
+    build_crc32,
+    published_checkpoint,
+    published_structure,
+    tiny_stitched,
+)
+
+from vist3a.models import AnySplat, AnySplatConfig, CheckpointMismatchError
+from vist3a.stitching import (
+    add_lora,
+    load_decoder,
+    load_published_stitched,
+    save_decoder,
+)
+from vist3a.stitching.lora import loralib_delta, loralib_target_modules
+
+
+def _published(tmp_path, cut="enc_blocks_2", r=4, dtypes=True, edit=None):
+    ref, _ = tiny_stitched(cut=cut)
+    ckpt = published_checkpoint(published_structure(ref, r=r), dtypes=dtypes)
+    if edit is not None:
+        edit(ckpt)
+    path = tmp_path / "anysplat_stitched.pth"
+    torch.save(ckpt, path)
+    return path, ckpt
+
+
+def _tiny_base():
+    return build_crc32(AnySplat, AnySplatConfig.tiny())
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(1, 16, 2, 4, 4, generator=g), torch.rand(1, 5, 3, 28, 28, generator=g)
+
+
+def test_published_import_merges_lora_and_sets_biases_tokens_stitching(tmp_path):
+    path, ckpt = _published(tmp_path)
+    assert ckpt["cls_token"].dtype == torch.bfloat16  # the official dtypes (bf16 tokens / non-head biases)
+    dec = load_published_stitched(path, base=_tiny_base(), stitching=TINY_STITCHING)
+    base = _tiny_base()
+    base_mods = dict(base.named_modules())
+    lora = ckpt["lora"]
+    for name, mod in loralib_target_modules(dec.model).items():
+        orig = name.replace("patch_embed.blocks.0.", "patch_embed.blocks.2.")  # re-indexed DINO block
+        want = base_mods[orig].weight + loralib_delta(mod.weight.shape, lora[f"{name}.lora_A"],
+                                                      lora[f"{name}.lora_B"], 32 / 4)
+        torch.testing.assert_close(mod.weight, want, rtol=1e-6, atol=1e-6)
+        if mod.bias is not None:
+            torch.testing.assert_close(mod.bias, lora[f"{name}.bias"].float(), rtol=0, atol=0)
+    pe = dec.model.aggregator.patch_embed
+    torch.testing.assert_close(pe.cls_token, ckpt["cls_token"].float(), rtol=0, atol=0)
+    torch.testing.assert_close(pe.register_tokens, ckpt["register_tokens"].float(), rtol=0, atol=0)
+    torch.testing.assert_close(dec.stitching.weight, ckpt["stitching_layer"]["weight"], rtol=0, atol=0)
+    # non-LoRA parameters (norms, LayerScale) of re-indexed block 0 come from original block 2
+    torch.testing.assert_close(pe.blocks[0].norm1.weight, base.aggregator.patch_embed.blocks[2].norm1.weight)
+    assert dec.lora_info == {"r": 4, "alpha": 32.0, "merged": True, "format": "loralib"}
+    assert not dec.training
+    lat, frames = _inputs()
+    assert torch.isfinite(dec(lat, frames)["depth"]).all()
+
+
+def test_published_wrong_cut_says_which_cut_it_looks_like(tmp_path):
+    path, _ = _published(tmp_path, cut="enc_blocks_1")
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_published_stitched(path, base=_tiny_base(), stitching=TINY_STITCHING)
+    assert "trained at cut 'enc_blocks_1', not 'enc_blocks_2'" in str(info.value)
+    assert "pass cut='enc_blocks_1'" in str(info.value)
+    dec = load_published_stitched(path, base=_tiny_base(), cut="enc_blocks_1", stitching=TINY_STITCHING)
+    assert dec.cut == "enc_blocks_1"
+
+
+def _drop(ckpt):
+    del ckpt["lora"]["encoder.camera_head.trunk.0.attn.qkv.lora_A"]
+    del ckpt["lora"]["encoder.depth_head.projects.0.bias"]
+    ckpt["lora"]["encoder.depth_head.resize_layers.0.lora_A"] = torch.zeros(4, 4)  # ConvTranspose2d: no LoRA
+
+
+def _reshape(ckpt):
+    ckpt["lora"]["encoder.aggregator.frame_blocks.0.attn.proj.lora_B"] = torch.zeros(64, 5)
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (_drop, ["missing keys (2): encoder.camera_head.trunk.0.attn.qkv.lora_A, encoder.depth_head.projects.0.bias",
+             "unexpected keys (1): encoder.depth_head.resize_layers.0.lora_A"]),
+    (_reshape, [("mis-shaped keys (1): encoder.aggregator.frame_blocks.0.attn.proj.lora_B: checkpoint (64, 5) vs "
+                 "expected (64, 4)")]),
+    (lambda c: c.pop("register_tokens"), ["missing top-level entries: register_tokens"]),
+    (lambda c: c["stitching_layer"].pop("bias"), ["missing key stitching_layer.bias"]),
+    (lambda c: c.__setitem__("cls_token", torch.zeros(1, 2, 64)), ["cls_token: checkpoint (1, 2, 64) vs expected"]),
+])
+def test_published_structure_errors_name_keys(tmp_path, edit, fragments):
+    path, _ = _published(tmp_path, edit=edit)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_published_stitched(path, base=_tiny_base(), stitching=TINY_STITCHING)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    assert "What to do" in str(info.value)
+
+
+def test_published_wrong_stitching_config(tmp_path):
+    path, _ = _published(tmp_path)
+    with pytest.raises(CheckpointMismatchError, match=r"stitching_layer.weight: checkpoint \(64, 16, 5, 3, 3\) vs "
+                                                      r"expected \(64, 16, 3, 3, 3\)"):
+        load_published_stitched(path, base=_tiny_base(), stitching="conv3d_k3_o64_s1x2x2_p1")
+
+
+def test_published_not_a_checkpoint(tmp_path):
+    path = tmp_path / "x.pth"
+    torch.save({"encoder.aggregator.camera_token": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointMismatchError, match="use load_decoder or vist3a.models.from_pretrained"):
+        load_published_stitched(path, base=_tiny_base())
+
+
+def test_published_hub_offline_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(OSError) as info:
+        load_published_stitched("anysplat_stitched_21_frame_extended.pth", base=_tiny_base())
+    msg = str(info.value)
+    assert "load_published_stitched: could not get 'HJGO/VIST3A'" in msg
+    assert "huggingface-cli download HJGO/VIST3A" in msg
+    with pytest.raises(FileNotFoundError, match="neither an existing file nor a file of HJGO/VIST3A"):
+        load_published_stitched(str(tmp_path / "missing" / "x.pth"), base=_tiny_base())
+
+
+# --------------------------------------------------------------------------------------------------- our format
+@pytest.mark.parametrize("kind", ["anysplat", "vggt"])
+def test_save_load_round_trip_identical_outputs(tmp_path, kind):
+    dec, _ = tiny_stitched(kind)
+    lat, frames = _inputs()
+    save_decoder(dec, tmp_path / "dec")
+    assert {p.name for p in (tmp_path / "dec").iterdir()} == {"decoder_config.json", "model.safetensors"}
+    cfg = json.loads((tmp_path / "dec" / "decoder_config.json").read_text())
+    assert cfg["format"] == "vist3a-stitched-decoder" and cfg["format_version"] == 1
+    assert cfg["cut"] == "enc_blocks_2" and cfg["stitching"] == TINY_STITCHING and cfg["base_model"]["type"] == kind
+    assert cfg["latent_convention"].startswith("raw Wan latent = z*std + mean") and cfg["dtype"] == "float32"
+    for source in (tmp_path / "dec", tmp_path / "dec" / "model.safetensors"):
+        loaded = load_decoder(source)
+        assert not loaded.training and loaded.kind == kind and loaded.cut == dec.cut
+        with torch.no_grad():
+            a, b = dec(lat, frames), loaded(lat, frames)
+        for key in ("pose_enc", "depth", "depth_conf"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    half = load_decoder(tmp_path / "dec", dtype=torch.bfloat16)
+    assert half.stitching.weight.dtype == torch.bfloat16
+
+
+def test_save_merges_unmerged_peft_lora(tmp_path):
+    dec, _ = tiny_stitched()
+    add_lora(dec, r=2, alpha=4)
+    with torch.no_grad():
+        for n, p in dec.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    lat, frames = _inputs()
+    with torch.no_grad():
+        want = dec(lat, frames)["pose_enc"]
+    save_decoder(dec, tmp_path / "dec")
+    cfg = json.loads((tmp_path / "dec" / "decoder_config.json").read_text())
+    assert cfg["lora"]["r"] == 2 and cfg["lora"]["alpha"] == 4 and cfg["lora"]["merged"] is True
+    loaded = load_decoder(tmp_path / "dec")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(lat, frames)["pose_enc"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_failing_save_keeps_old_files(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    dec, _ = tiny_stitched()
+    folder = tmp_path / "dec"
+    save_decoder(dec, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with torch.no_grad():
+        dec.stitching.bias.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        save_decoder(dec, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temp files left either
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither an existing folder"):
+        load_decoder(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="decoder_config.json is missing"):
+        load_decoder(tmp_path / "empty")
+    dec, _ = tiny_stitched()
+    save_decoder(dec, tmp_path / "dec")
+    cfg_file = tmp_path / "dec" / "decoder_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**cfg, "cut": "enc_blocks_1"}))
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+        load_decoder(tmp_path / "dec")
+    cfg_file.write_text(json.dumps({**cfg, "format": "something"}))
+    with pytest.raises(ValueError, match="not a stitched-decoder config"):
+        load_decoder(tmp_path / "dec")
+    cfg_file.write_text(json.dumps({**cfg, "format_version": 99}))
+    with pytest.raises(ValueError, match="Update vist3a"):
+        load_decoder(tmp_path / "dec")

@@ -1,0 +1,385 @@
+"""Stitched-decoder checkpoints: import of the published VIST3A ``.pth`` files, and our own folder format.
+
+Published (``HJGO/VIST3A``: ``anysplat_stitched.pth``, ``anysplat_stitched_21_frame_extended.pth``), read with
+``torch.load(weights_only=True)`` only. A dict of:
+
+* ``lora``: loralib ``<module>.lora_A`` / ``<module>.lora_B`` for every nn.Linear and square nn.Conv2d of the stitched
+  AnySplat, plus ``<module>.bias`` of those layers; keys relative to the stitched model (``encoder.`` prefix, DINO
+  blocks re-indexed after the cut: ``patch_embed.blocks.j`` = original block j + 2);
+* ``stitching_layer``: ``{weight (1024, 16, 5, 3, 3), bias (1024,)}``;
+* ``mask_token`` (1, 1024), ``cls_token`` (1, 1, 1024), ``register_tokens`` (1, 4, 1024) (bfloat16).
+
+Import = base AnySplat (``lhjiang/anysplat``) -> cut -> merge LoRA (``W += (B @ A).view(W.shape) * alpha / r``,
+alpha = 32 is not stored in the file) -> biases of the LoRA layers FROM THE CHECKPOINT -> stitching layer -> tokens
+(official ``load_stitching_model`` + ``.eval()`` merge).
+
+Our format, a folder (or hub repo) written by :func:`save_decoder`:
+
+* ``decoder_config.json``: format name/version, base model (type, hub id, full model config), cut, stitching config
+  string, latent channels / temporal factor, LoRA (r, alpha, merged), latent convention, resolutions, dtype;
+* ``model.safetensors``: the decoder's full state dict -- the kept part of the 3D model with LoRA merged, plus the
+  stitching layer (``model.*``, ``stitching.weight``, ``stitching.bias``). Self-contained: loading needs no base
+  checkpoint (the whole kept model is stored, not a difference to the base).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..models import (
+    VGGT,
+    AnySplat,
+    AnySplatConfig,
+    CheckpointMismatchError,
+    VGGTConfig,
+    from_pretrained,
+)
+from ..models.loading import _fmt, _offline, _offline_message, load_checkpoint_into
+from .config import RELEASED_CONFIG, StitchingConfig
+from .decoder import VAE_SCALE, StitchedDecoder, cut_index
+from .layer import StitchingLayer
+from .lora import (
+    has_lora,
+    loralib_shapes,
+    loralib_target_modules,
+    merge_loralib_,
+    merged_state_dict,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "PUBLISHED_FILES",
+    "PUBLISHED_REPO",
+    "WEIGHTS_NAME",
+    "import_published_state",
+    "load_decoder",
+    "load_published_stitched",
+    "save_decoder",
+]
+
+logger = logging.getLogger(__name__)
+
+PUBLISHED_REPO = "HJGO/VIST3A"
+PUBLISHED_FILES = ("anysplat_stitched.pth", "anysplat_stitched_21_frame_extended.pth")
+BASE_REPOS = {"anysplat": "lhjiang/anysplat", "vggt": "facebook/VGGT-1B"}
+PUBLISHED_TOP_KEYS = ("lora", "stitching_layer", "mask_token", "cls_token", "register_tokens")
+CONFIG_NAME = "decoder_config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "vist3a-stitched-decoder"
+FORMAT_VERSION = 1
+LATENT_CONVENTION = "raw Wan latent = z*std + mean (un-normalised VAE latent, as fed to the VAE decoder)"
+_DINO_BLOCK = re.compile(r"^encoder\.aggregator\.patch_embed\.blocks\.(\d+)\.")
+
+
+# ============================================================================================ hub helpers
+def _hub_file(repo_id: str, filename: str, revision: str | None, caller: str, example: str) -> Path:
+    """Download one file (or use the cache); offline / network errors -> OSError in from_pretrained's style."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except Exception as err:  # offline and not cached, no network, missing repo / file, authentication
+        if _offline():
+            err = RuntimeError(f"HF_HUB_OFFLINE is set and {filename} is not cached ({type(err).__name__}: {err})")
+        raise OSError(_offline_message(repo_id, err, caller=caller, example=example)) from err
+
+
+# ============================================================================================ published import
+def _published_error(source: str, lines: list[str], what_to_do: str) -> CheckpointMismatchError:
+    head = f"load_published_stitched: {source} does not match the stitched AnySplat decoder."
+    return CheckpointMismatchError("\n".join([head, *lines, f"  What to do: {what_to_do}"]))
+
+
+def _check_top_level(ckpt: Any, source: str) -> None:
+    if not isinstance(ckpt, Mapping):
+        raise _published_error(source, [f"  expected a dict, got {type(ckpt).__name__}"],
+                               f"pass a VIST3A stitched checkpoint ({', '.join(PUBLISHED_FILES)})")
+    missing = set(PUBLISHED_TOP_KEYS) - set(ckpt)
+    unexpected = set(ckpt) - set(PUBLISHED_TOP_KEYS)
+    if missing or unexpected:
+        lines = []
+        if missing:
+            lines.append(f"  missing top-level entries: {_fmt(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected top-level entries: {_fmt(unexpected)}")
+        hint = (" (this looks like a plain state dict / one of our folders: use load_decoder or "
+                "vist3a.models.from_pretrained)" if any(str(k).startswith(("encoder.", "model.")) for k in ckpt)
+                else "")
+        raise _published_error(source, lines, f"pass the published .pth with entries {PUBLISHED_TOP_KEYS}{hint}")
+    if not isinstance(ckpt["lora"], Mapping) or not isinstance(ckpt["stitching_layer"], Mapping):
+        raise _published_error(source, ["  'lora' and 'stitching_layer' must be dicts of tensors"],
+                               "pass an unmodified published checkpoint")
+
+
+def _check_cut(lora: Mapping[str, Tensor], cut: str, dino_depth: int, source: str) -> None:
+    blocks = {int(m.group(1)) for k in lora if (m := _DINO_BLOCK.match(k))}
+    kept = max(blocks) + 1 if blocks else 0
+    looks_like = dino_depth - kept
+    if looks_like != cut_index(cut):
+        raise _published_error(
+            source, [(f"  it holds LoRA for {kept} DINO blocks (patch_embed.blocks.0..{kept - 1}), i.e. it was "
+                      f"trained at cut 'enc_blocks_{looks_like}', not {cut!r}")],
+            f"pass cut='enc_blocks_{looks_like}' (the released checkpoints use 'enc_blocks_2')")
+
+
+@torch.no_grad()
+def import_published_state(decoder: StitchedDecoder, ckpt: Mapping[str, Any], alpha: float = 32.0,
+                           source: str = "checkpoint") -> dict[str, Any]:
+    """Apply a published checkpoint dict to a freshly cut ``decoder`` in place (LoRA merged). Validates the whole
+    structure first (missing / unexpected / mis-shaped keys -> :class:`CheckpointMismatchError`, nothing changed).
+    Returns ``{"r": r, "alpha": alpha, "merged": True}``."""
+    _check_top_level(ckpt, source)
+    lora = ckpt["lora"]
+    model = decoder.model
+    dino = model.aggregator.patch_embed
+    _check_cut(lora, decoder.cut, dino.first_block + len(dino.blocks), source)
+    targets = loralib_target_modules(model)
+    if not targets:
+        raise ValueError("import_published_state: the model has no Linear/Conv2d layers")
+    first = next(iter(targets))
+    a_first = lora.get(f"{first}.lora_A")
+    k_first = 1 if isinstance(targets[first], torch.nn.Linear) else targets[first].kernel_size[0]
+    r = int(a_first.shape[0]) // k_first if isinstance(a_first, Tensor) else None
+
+    expected: dict[str, tuple[int, ...]] = {}
+    for name, mod in targets.items():
+        if r is not None:
+            a_shape, b_shape = loralib_shapes(mod, r)
+            expected[f"{name}.lora_A"], expected[f"{name}.lora_B"] = a_shape, b_shape
+        if mod.bias is not None:
+            expected[f"{name}.bias"] = tuple(mod.bias.shape)
+    lines = []
+    if r is None:
+        lines.append(f"  missing key {first}.lora_A (cannot tell the LoRA rank)")
+    missing = set(expected) - set(lora)
+    unexpected = set(lora) - set(expected) - ({f"{first}.lora_A", f"{first}.lora_B"} if r is None else set())
+    shapes = [f"{k}: checkpoint {tuple(lora[k].shape)} vs expected {expected[k]}" for k in sorted(set(expected)
+              & set(lora)) if not isinstance(lora[k], Tensor) or tuple(lora[k].shape) != expected[k]]
+    sl = ckpt["stitching_layer"]
+    sl_expected = {"weight": tuple(decoder.stitching.weight.shape), "bias": tuple(decoder.stitching.bias.shape)}
+    for key, shape in sl_expected.items():
+        if key not in sl:
+            lines.append(f"  missing key stitching_layer.{key}")
+        elif tuple(sl[key].shape) != shape:
+            shapes.append(f"stitching_layer.{key}: checkpoint {tuple(sl[key].shape)} vs expected {shape} (stitching "
+                          f"config {decoder.stitching.config.to_string()})")
+    lines += [f"  unexpected key stitching_layer.{k}" for k in sorted(set(sl) - set(sl_expected))]
+    tokens = {"cls_token": dino.cls_token, "register_tokens": dino.register_tokens, "mask_token": dino.mask_token}
+    shapes += [f"{k}: checkpoint {tuple(ckpt[k].shape)} vs expected {tuple(p.shape)}" for k, p in tokens.items()
+               if tuple(ckpt[k].shape) != tuple(p.shape)]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+    if shapes:
+        lines.append(f"  mis-shaped keys ({len(shapes)}): " + "; ".join(shapes[:8])
+                     + (f" ... (+{len(shapes) - 8} more)" if len(shapes) > 8 else ""))
+    if lines:
+        raise _published_error(source, lines, "check that the file is a VIST3A stitched AnySplat checkpoint for this "
+                                              "base model, cut and stitching config (released: base lhjiang/anysplat"
+                                              f", cut enc_blocks_2, stitching {RELEASED_CONFIG})")
+
+    scaling = float(alpha) / r
+    for name, mod in targets.items():
+        merge_loralib_(mod, lora[f"{name}.lora_A"], lora[f"{name}.lora_B"], scaling)
+        if mod.bias is not None:
+            mod.bias.copy_(lora[f"{name}.bias"].to(mod.bias.dtype))
+    decoder.stitching.weight.copy_(sl["weight"])
+    decoder.stitching.bias.copy_(sl["bias"])
+    for key, param in tokens.items():
+        param.copy_(ckpt[key].to(param.dtype))
+    info = {"r": r, "alpha": float(alpha), "merged": True, "format": "loralib"}
+    decoder.lora_info = info
+    logger.info("imported %s: %d LoRA layers merged (r=%d, alpha=%s)", source, len(targets), r, alpha)
+    return info
+
+
+def _resolve_published(source: str | Path, revision: str | None) -> Path:
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        return path
+    name = str(source)
+    if name.startswith(PUBLISHED_REPO + "/"):
+        name = name[len(PUBLISHED_REPO) + 1:]
+    if "/" in name or "\\" in name or not name.endswith((".pth", ".pt")):
+        raise FileNotFoundError(f"load_published_stitched: {str(source)!r} is neither an existing file nor a file "
+                                f"of {PUBLISHED_REPO} (e.g. {PUBLISHED_FILES[0]!r})")
+    return _hub_file(PUBLISHED_REPO, name, revision, "load_published_stitched",
+                     f"load_published_stitched('/path/to/{name}', base='/path/to/anysplat')")
+
+
+def load_published_stitched(
+    source: str | Path = PUBLISHED_FILES[0],
+    base: AnySplat | str | Path | None = None,
+    cut: str = "enc_blocks_2",
+    stitching: str | StitchingConfig = RELEASED_CONFIG,
+    alpha: float = 32.0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+) -> StitchedDecoder:
+    """Build the published stitched AnySplat decoder in one call.
+
+    Args:
+        source: a local ``.pth`` or a file name in ``HJGO/VIST3A`` (``anysplat_stitched.pth``,
+            ``anysplat_stitched_21_frame_extended.pth``), downloaded with ``hf_hub_download``.
+        base: the base AnySplat: None = ``lhjiang/anysplat`` via :func:`vist3a.models.from_pretrained`, a hub id /
+            local folder / weights file, or an AnySplat instance (used and modified in place).
+        cut, stitching, alpha: the released values (``enc_blocks_2``, ``conv3d_k5x3x3_o1024_s1x2x2_p2x1x1``,
+            LoRA alpha 32; the rank is read from the file).
+        device, dtype: placement of the returned decoder (default: CPU, float32).
+    Returns the decoder in eval mode with LoRA merged.
+    """
+    path = _resolve_published(source, revision)
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    _check_top_level(ckpt, str(path))
+    dino_depth = (base.config.aggregator.dino_depth if isinstance(base, AnySplat)
+                  else AnySplatConfig().aggregator.dino_depth)
+    _check_cut(ckpt["lora"], cut, dino_depth, str(path))  # before the (large) base model is loaded
+    if isinstance(base, VGGT):
+        raise TypeError("load_published_stitched: the published checkpoints stitch AnySplat, not VGGT; pass an "
+                        "AnySplat base (or none for lhjiang/anysplat)")
+    if base is None or isinstance(base, (str, Path)):
+        base = from_pretrained(BASE_REPOS["anysplat"] if base is None else base, model="anysplat")
+    base = base.float()
+    decoder = StitchedDecoder(base, cut, StitchingLayer(stitching))
+    import_published_state(decoder, ckpt, alpha=alpha, source=str(path))
+    decoder.base_id = BASE_REPOS["anysplat"]
+    del ckpt
+    if device is not None or dtype is not None:
+        decoder = decoder.to(device=device, dtype=dtype)
+    return decoder.eval()
+
+
+# ============================================================================================ our format
+def _lora_summary(decoder: StitchedDecoder) -> dict[str, Any] | None:
+    cfg = getattr(decoder.model, "peft_config", {}).get("default") if has_lora(decoder) else None
+    if cfg is not None:
+        return {"r": cfg.r, "alpha": cfg.lora_alpha, "merged": True, "format": "peft (merged on save)"}
+    info = getattr(decoder, "lora_info", None)
+    return dict(info) if info else None
+
+
+def decoder_config(decoder: StitchedDecoder, dtype: torch.dtype, video_size: int = 512) -> dict[str, Any]:
+    """The ``decoder_config.json`` content for ``decoder`` (see the module docstring); ``video_size`` is the video
+    resolution it was trained for (the 3D size follows: video / 16 * 14)."""
+    model = decoder.model
+    ppt, patch = decoder.video_pixels_per_token, decoder.patch_size
+    model_size = decoder.model_size_for((video_size, video_size))[0]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "base_model": {"type": decoder.kind, "id": getattr(decoder, "base_id", BASE_REPOS[decoder.kind]),
+                       "config": model.config.to_dict()},
+        "cut": decoder.cut,
+        "stitching": decoder.stitching.config.to_string(),
+        "latent_channels": decoder.stitching.in_channels,
+        "temporal_factor": decoder.stitching.temporal_factor,
+        "lora": _lora_summary(decoder),
+        "latent_convention": LATENT_CONVENTION,
+        "resolution": {"vae_scale": VAE_SCALE, "video_pixels_per_token": ppt, "model_patch": patch,
+                       "rule": f"video / {ppt} == 3D / {patch}", "video": video_size, "model": model_size},
+        "needs_frames": decoder.needs_frames,
+        "dtype": str(dtype).replace("torch.", ""),
+        "weights": f"{WEIGHTS_NAME}: full state dict of the kept 3D model (LoRA merged) + stitching layer",
+    }
+
+
+def save_decoder(decoder: StitchedDecoder, folder: str | Path, dtype: torch.dtype | None = None,
+                 video_size: int = 512) -> Path:
+    """Write ``decoder_config.json`` + ``model.safetensors`` into ``folder`` (created if needed).
+
+    Unmerged peft LoRA is merged into the saved weights (the decoder itself is not changed). ``dtype`` casts the
+    stored floating tensors (default: the decoder's); ``video_size`` is recorded as the trained video resolution.
+    Each file is replaced atomically and everything is prepared before the first write, so a failing save leaves
+    earlier files untouched."""
+    from safetensors.torch import save_file
+
+    from ..io.atomic import atomic_path, atomic_write
+
+    state = merged_state_dict(decoder)
+    dtype = dtype or decoder.stitching.weight.dtype
+    tensors = {k: v.detach().to(dtype=dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
+               for k, v in state.items()}
+    text = json.dumps(decoder_config(decoder, dtype, video_size), indent=2)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+    with atomic_write(folder / CONFIG_NAME, "w") as fh:
+        fh.write(text)
+    logger.info("saved stitched decoder to %s (%d tensors)", folder, len(tensors))
+    return folder
+
+
+def _resolve_ours(source: str | Path, revision: str | None) -> tuple[Path, Path]:
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        return path / CONFIG_NAME, path / WEIGHTS_NAME
+    if path.is_file():
+        if path.name == CONFIG_NAME:
+            return path, path.parent / WEIGHTS_NAME
+        return path.parent / CONFIG_NAME, path
+    text = str(source)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        example = "load_decoder('/path/to/folder')"
+        cfg = _hub_file(text, CONFIG_NAME, revision, "load_decoder", example)
+        return cfg, _hub_file(text, WEIGHTS_NAME, revision, "load_decoder", example)
+    raise FileNotFoundError(f"load_decoder: {text!r} is neither an existing folder / file nor a hub id")
+
+
+def load_decoder(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                 revision: str | None = None) -> StitchedDecoder:
+    """Load a decoder saved by :func:`save_decoder` from a folder, its ``model.safetensors`` /
+    ``decoder_config.json``, or a hub repo id. No base checkpoint is needed. Returns it in eval mode."""
+    from safetensors.torch import load_file
+
+    cfg_file, weights = _resolve_ours(source, revision)
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"load_decoder: {f} is missing; a stitched-decoder folder holds {CONFIG_NAME} "
+                                    f"and {WEIGHTS_NAME} (written by save_decoder). For the published VIST3A .pth "
+                                    "use load_published_stitched")
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("format") != FORMAT_NAME:
+        raise ValueError(f"load_decoder: {cfg_file} is not a stitched-decoder config (format {cfg.get('format')!r}, "
+                         f"expected {FORMAT_NAME!r})")
+    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"load_decoder: {cfg_file} has format_version {cfg['format_version']}; this vist3a reads "
+                         f"up to {FORMAT_VERSION}. Update vist3a")
+    base = cfg["base_model"]
+    kinds = {"anysplat": (AnySplat, AnySplatConfig), "vggt": (VGGT, VGGTConfig)}
+    if base.get("type") not in kinds:
+        raise ValueError(f"load_decoder: unknown base model type {base.get('type')!r} (anysplat or vggt)")
+    cls, cfg_cls = kinds[base["type"]]
+    with torch.device("meta"):
+        model = cls(cfg_cls.from_dict(base["config"]))
+        layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
+                               temporal_factor=cfg.get("temporal_factor", 4))
+        decoder = StitchedDecoder(model, cfg["cut"], layer,
+                                  cfg.get("resolution", {}).get("video_pixels_per_token", 16))
+    decoder = decoder.to_empty(device="cpu").float()
+    state = load_file(str(weights))
+    try:
+        load_checkpoint_into(decoder, state, source=str(weights))
+    except CheckpointMismatchError as err:
+        raise CheckpointMismatchError(f"{err}\n  ({weights} must be the {WEIGHTS_NAME} written together with "
+                                      f"{cfg_file} by save_decoder; keys start with 'model.' or 'stitching.')"
+                                      ) from None
+    del state
+    decoder.base_id = base.get("id")
+    if cfg.get("lora"):
+        decoder.lora_info = cfg["lora"]
+    if device is not None or dtype is not None:
+        decoder = decoder.to(device=device, dtype=dtype)
+    return decoder.eval()
