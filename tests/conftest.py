@@ -27,3 +27,14 @@ def golden_dir() -> Path:
             pytest.fail(f"{message} (CI must check the goldens, never skip them)")
         pytest.skip(message)
     return root / "golden"
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for tests on small tensors: avoids OpenMP stalls when the 2 CPU cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

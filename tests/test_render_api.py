@@ -16,13 +16,7 @@ from vist3a.render import RenderOutput, api, render, render_point_cloud
 from vist3a.rotations import normalize_quat
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests use small tensors: one thread avoids OpenMP stalls when the CPU is shared (often 10x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _scene(n=200, degree=1, seed=0, device="cpu") -> Gaussians:

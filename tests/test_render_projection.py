@@ -14,13 +14,7 @@ gsplat_impl = pytest.importorskip("gsplat.cuda._torch_impl")
 W, H = 40, 30
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests use small tensors: one thread avoids OpenMP stalls when the CPU is shared (often 10x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cameras(dtype=torch.float64) -> Cameras:

@@ -14,13 +14,7 @@ from vist3a.rotations import normalize_quat
 from vist3a.sh import rgb_to_sh_dc
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests use small tensors: one thread avoids OpenMP stalls when the CPU is shared (often 10x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _identity_camera(width, height, f, cx, cy, dtype=torch.float32) -> Cameras:

@@ -70,6 +70,19 @@ def _fmt(keys, limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def mismatch_lines(missing, unexpected, misshaped: list[str]) -> list[str]:
+    """Report lines for a key mismatch: counts and the first keys of each kind (``misshaped`` holds messages)."""
+    lines = []
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+    if misshaped:
+        lines.append(f"  mis-shaped keys ({len(misshaped)}): " + "; ".join(misshaped[:8])
+                     + (f" ... (+{len(misshaped) - 8} more)" if len(misshaped) > 8 else ""))
+    return lines
+
+
 def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
                          ) -> None:
     """Strictly copy ``state_dict`` into ``model`` (values cast to each parameter's dtype); raise
@@ -82,13 +95,7 @@ def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor
               for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         lines = [f"{type(model).__name__}: {source} does not match the model built from its config."]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
-        if shapes:
-            lines.append(f"  mis-shaped keys ({len(shapes)}): " + "; ".join(shapes[:8])
-                         + (f" ... (+{len(shapes) - 8} more)" if len(shapes) > 8 else ""))
+        lines += mismatch_lines(missing, unexpected, shapes)
         lines.append("  What to do: check that the file belongs to this model (AnySplat keys start with 'encoder.', "
                      "VGGT keys with 'aggregator.'), pass model='anysplat' or 'vggt' explicitly, and pass the "
                      "config the checkpoint was trained with (config.json next to the weights).")

@@ -42,7 +42,7 @@ from ..models import (
     VGGTConfig,
     from_pretrained,
 )
-from ..models.loading import _fmt, _offline, _offline_message, load_checkpoint_into
+from ..models.loading import _fmt, _offline, _offline_message, load_checkpoint_into, mismatch_lines
 from .config import RELEASED_CONFIG, StitchingConfig
 from .decoder import VAE_SCALE, StitchedDecoder, cut_index
 from .layer import StitchingLayer
@@ -177,13 +177,7 @@ def import_published_state(decoder: StitchedDecoder, ckpt: Mapping[str, Any], al
     tokens = {"cls_token": dino.cls_token, "register_tokens": dino.register_tokens, "mask_token": dino.mask_token}
     shapes += [f"{k}: checkpoint {tuple(ckpt[k].shape)} vs expected {tuple(p.shape)}" for k, p in tokens.items()
                if tuple(ckpt[k].shape) != tuple(p.shape)]
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
-    if shapes:
-        lines.append(f"  mis-shaped keys ({len(shapes)}): " + "; ".join(shapes[:8])
-                     + (f" ... (+{len(shapes) - 8} more)" if len(shapes) > 8 else ""))
+    lines += mismatch_lines(missing, unexpected, shapes)
     if lines:
         raise _published_error(source, lines, "check that the file is a VIST3A stitched AnySplat checkpoint for this "
                                               "base model, cut and stitching config (released: base lhjiang/anysplat"
