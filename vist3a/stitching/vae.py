@@ -24,6 +24,7 @@ The adapters never change the wrapped module (no ``.to``, no ``eval()``): caller
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -35,6 +36,7 @@ __all__ = [
     "VideoVAE",
     "WanVAE",
     "latent_frames",
+    "load_diffusers_vae",
     "load_video_vae",
     "tiny_video_vae",
     "wrap_video_vae",
@@ -228,19 +230,25 @@ def tiny_video_vae(kind: str = "wan", seed: int = 0, **kwargs) -> DiffusersVideo
     return _ADAPTERS[kind](vae.eval(), **kwargs)
 
 
+def load_diffusers_vae(kind: str, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The raw diffusers VAE (``AutoencoderKLWan`` / ``AutoencoderKLCogVideoX``) in eval mode from a VAE folder, a
+    pipeline folder (its ``vae/`` subfolder) or a hub id (a pipeline repository's ``vae/``).
+
+    Raises ``OSError`` / ``ValueError`` from diffusers when the files cannot be found or read.
+    """
+    cls = _diffusers_class(kind)
+    local = os.path.expanduser(os.fspath(path))
+    if os.path.isdir(local):
+        sub = "vae" if os.path.isdir(os.path.join(local, "vae")) else None
+        return cls.from_pretrained(local, subfolder=sub, torch_dtype=dtype).eval()
+    return cls.from_pretrained(os.fspath(path), subfolder="vae", torch_dtype=dtype).eval()
+
+
 def load_video_vae(kind: str, path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                    **kwargs) -> DiffusersVideoVAE:
-    """Load a diffusers VAE from a folder or hub id (``path``; a pipeline folder's ``vae/`` subfolder is found) and
-    wrap it. ``kind``: ``"wan"`` or ``"cogvideox"``."""
-    import os
-
-    cls = _diffusers_class(kind)
-    sub = "vae" if os.path.isdir(os.path.join(str(path), "vae")) else None
+    """Load a diffusers VAE with :func:`load_diffusers_vae` and wrap it. ``kind``: ``"wan"`` or ``"cogvideox"``."""
     try:
-        vae = cls.from_pretrained(path, subfolder=sub, torch_dtype=dtype)
+        vae = load_diffusers_vae(kind, path, dtype)
     except (OSError, ValueError) as exc:
-        if sub is None and not os.path.isdir(str(path)):
-            vae = cls.from_pretrained(path, subfolder="vae", torch_dtype=dtype)  # hub pipeline repo
-        else:
-            raise ValueError(f"load_video_vae: cannot load a {kind} VAE from {path!r}: {exc}") from exc
-    return _ADAPTERS[kind](vae.to(device).eval(), **kwargs)
+        raise ValueError(f"load_video_vae: cannot load a {kind} VAE from {path!r}: {exc}") from exc
+    return _ADAPTERS[kind](vae.to(device), **kwargs)

@@ -1,0 +1,75 @@
+"""``--preset tiny``: small randomly initialised models of the real architectures, built locally (offline).
+
+Tiny Wan transformer / VAE / UMT5 text encoder with a character-level tokenizer built with the ``tokenizers``
+library, and a tiny AnySplat stitched at ``enc_blocks_2`` through the released stitching-layer shape (at the tiny
+width 64). The whole text-to-3D path runs on a CPU in seconds. The weights are random: the output shows the
+plumbing only, never a meaningful scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+
+import torch
+
+from .settings import GenerationSettings
+
+__all__ = ["TINY_SETTINGS", "TINY_STITCHING", "TINY_WARNING", "tiny_decoder", "tiny_tokenizer", "tiny_wan_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+TINY_WARNING = ("--preset tiny: the models are tiny and UNTRAINED (random weights); the output shows the pipeline's "
+                "plumbing only, not a real scene")
+TINY_STITCHING = "conv3d_k5x3x3_o64_s1x2x2_p2x1x1"  # the released layer at the tiny AnySplat's width (64)
+#: 64x64 video <-> 56x56 3D frames (the tiny AnySplat's image size), 9 frames, 4 steps, a short text length.
+TINY_SETTINGS = GenerationSettings(num_frames=9, height=64, width=64, num_inference_steps=4, max_sequence_length=64)
+_TEXT_DIM = 32
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer (letters, digits, punctuation; ``<pad>``=0, ``</s>``=1, ``<unk>``=2)
+    built in memory: every prompt maps to distinct ids, nothing is downloaded."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    vocab = {tok: i for i, tok in enumerate(specials + chars + ["##" + c for c in chars])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", max_input_chars_per_word=200))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_wan_pipeline(seed: int = 0, flow_shift: float = 5.0):
+    """A ``WanPipeline`` of tiny random models (runs 64x64, 9 frames, 4 steps in about a second on a CPU)."""
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from .wan import make_scheduler
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=_TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=_TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer.eval(),
+                       vae=vae.eval(), scheduler=make_scheduler(flow_shift))
+
+
+def tiny_decoder(seed: int = 0, kind: str = "anysplat"):
+    """A tiny stitched decoder: tiny AnySplat (or VGGT) cut at ``enc_blocks_2`` + the tiny stitching layer."""
+    from ..models import VGGT, AnySplat, AnySplatConfig, VGGTConfig
+    from ..stitching import StitchedDecoder, StitchingLayer
+
+    torch.manual_seed(seed)
+    model = AnySplat(AnySplatConfig.tiny()) if kind == "anysplat" else VGGT(VGGTConfig.tiny())
+    return StitchedDecoder(model, "enc_blocks_2", StitchingLayer(TINY_STITCHING)).eval()

@@ -1,0 +1,209 @@
+"""Text -> 3D: Wan 2.1 (+ the VIST3A LoRA) samples a multi-view video latent; the stitched decoder turns it into
+Gaussians, cameras and a pointmap.
+
+::
+
+    prompt --template--> WanPipeline(output_type="latent")   (1, 16, T_lat, H/8, W/8) model-space latent
+      -> z * latents_std + latents_mean                       raw latent (what the VAE and the decoder eat)
+      -> Wan VAE decode (AnySplat decoders, which read RGB)   (1, T, 3, H, W) in [0, 1] -> resize to H/16*14
+      -> StitchedDecoder.predict(raw, frames)                 Gaussians, Cameras, depth -> SceneOutput
+
+The pipeline orchestrates only: the math lives in diffusers, :mod:`vist3a.stitching` and :mod:`vist3a.models`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .decoders import load_stitched_decoder
+from .output import SceneOutput, run_decoder
+from .settings import (
+    DEFAULT_LORA_REPO,
+    DEFAULT_WAN,
+    GenerationSettings,
+    apply_template,
+    check_prompt,
+    model_size,
+)
+from .wan import (
+    decode_frames,
+    default_lora_subfolder,
+    load_vist3a_lora,
+    load_wan_pipeline,
+    make_scheduler,
+    resize_frames,
+    to_raw_latent,
+)
+
+__all__ = ["TextTo3DPipeline"]
+
+logger = logging.getLogger(__name__)
+
+_UNSET = object()
+
+
+def _generator(seed: int | None) -> tuple[torch.Generator, int]:
+    """A CPU generator (same noise on every device) and the seed used (drawn and logged when None)."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        logger.info("seed %d (pass seed=%d to reproduce this run)", seed, seed)
+    return torch.Generator("cpu").manual_seed(int(seed)), int(seed)
+
+
+class TextTo3DPipeline:
+    """Text -> :class:`SceneOutput` with a diffusers ``WanPipeline`` and a stitched decoder.
+
+    Args:
+        wan: a diffusers ``WanPipeline`` (transformer with the VIST3A LoRA applied or merged).
+        decoder: a :class:`~vist3a.stitching.StitchedDecoder` (AnySplat -> Gaussians; VGGT -> pointmaps).
+        settings: defaults for every call (the published ones unless given).
+        untrained: set by :meth:`tiny`; every call logs that the output shows the plumbing only.
+    """
+
+    def __init__(self, wan, decoder, settings: GenerationSettings | None = None, untrained: bool = False) -> None:
+        self.wan = wan
+        self.decoder = decoder.eval()
+        self.settings = settings or GenerationSettings()
+        self.untrained = bool(untrained)
+        self._offload_device: torch.device | None = None
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, wan: str | Path = DEFAULT_WAN, decoder: str | Path | None = None,
+                        lora: str | Path | None = "auto", base: str | Path | None = None,
+                        dtype: torch.dtype = torch.float16, decoder_dtype: torch.dtype | None = None,
+                        settings: GenerationSettings | None = None) -> TextTo3DPipeline:
+        """Load the published models (hub ids through the huggingface_hub cache, or local paths).
+
+        Args:
+            wan: diffusers Wan 2.1 T2V pipeline (hub id or folder).
+            decoder: stitched decoder (see :func:`~vist3a.pipeline.load_stitched_decoder`; None = published).
+            lora: PEFT adapter folder or ``HJGO/VIST3A/<subfolder>``; ``"auto"`` picks the 1.3B / 14B adapter from
+                ``wan``; None or ``"none"`` runs the base Wan model (not VIST3A: its videos rarely orbit).
+            base: base AnySplat for the published decoder (default ``lhjiang/anysplat``).
+            dtype: Wan dtype (published: float16); decoder_dtype: decoder dtype (default float32).
+        """
+        settings = settings or GenerationSettings()
+        pipe = load_wan_pipeline(wan, dtype=dtype, flow_shift=settings.flow_shift)
+        if lora is not None and str(lora).lower() != "none":
+            source = f"{DEFAULT_LORA_REPO}/{default_lora_subfolder(wan)}" if lora == "auto" else lora
+            pipe.transformer = load_vist3a_lora(pipe.transformer, source)
+        else:
+            logger.warning("no VIST3A LoRA: sampling with the base Wan transformer (its videos are not trained to "
+                           "orbit the scene; 3D quality will suffer)")
+        dec = load_stitched_decoder(decoder, base=base, dtype=decoder_dtype)
+        return cls(pipe, dec, settings)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, decoder_kind: str = "anysplat") -> TextTo3DPipeline:
+        """``--preset tiny``: tiny random models, 64x64 video, 9 frames, 4 steps; CPU, offline, seconds."""
+        from .presets import TINY_SETTINGS, tiny_decoder, tiny_wan_pipeline
+
+        return cls(tiny_wan_pipeline(seed), tiny_decoder(seed, decoder_kind), TINY_SETTINGS, untrained=True)
+
+    # ------------------------------------------------------------------------------------------ placement
+    def to(self, device: str | torch.device) -> TextTo3DPipeline:
+        """Put every model on ``device`` (needs memory for all of them at once; see the README's table)."""
+        self._offload_device = None
+        self.wan.to(device)
+        self.decoder.to(device)
+        return self
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> TextTo3DPipeline:
+        """diffusers' model CPU offload for the Wan parts (one model on the GPU at a time) and the same policy by
+        hand for the stitched decoder. Needs ``accelerate``."""
+        try:
+            self.wan.enable_model_cpu_offload(device=device)
+        except ImportError as err:
+            raise ValueError(f"model CPU offload needs the accelerate package ({err}); `pip install accelerate` or "
+                             "run without offload") from err
+        self.decoder.to("cpu")
+        self._offload_device = torch.device(device)
+        return self
+
+    def enable_sequential_cpu_offload(self, device: str | torch.device = "cuda") -> TextTo3DPipeline:
+        """diffusers' sequential (per-layer) offload: least VRAM, much slower."""
+        try:
+            self.wan.enable_sequential_cpu_offload(device=device)
+        except ImportError as err:
+            raise ValueError(f"sequential CPU offload needs the accelerate package ({err})") from err
+        self.decoder.to("cpu")
+        self._offload_device = torch.device(device)
+        return self
+
+    def enable_vae_tiling(self) -> TextTo3DPipeline:
+        """Decode the video in spatial tiles (less VRAM at 512 px and above; diffusers' AutoencoderKLWan)."""
+        self.wan.vae.enable_tiling()
+        return self
+
+    def enable_vae_slicing(self) -> TextTo3DPipeline:
+        self.wan.vae.enable_slicing()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models run (the GPU under CPU offload)."""
+        return self._offload_device or self.wan._execution_device
+
+    # ------------------------------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(self, prompt: str, *, negative_prompt: str | None = None, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, flow_shift: float | None = None, seed: int | None = None,
+                 prompt_template=_UNSET, return_frames: bool = True, progress: bool = True) -> SceneOutput:
+        """Generate one scene.
+
+        Args:
+            prompt: the scene description (non-empty); inserted into ``prompt_template`` (default: the published
+                camera-orbit template; None uses the prompt as it is).
+            negative_prompt: default the published one; ``""`` for none.
+            num_frames (4k+1), height / width (multiples of 16), num_inference_steps, guidance_scale, flow_shift:
+                None = the pipeline's settings (published: 13, 512, 512, 50, 7.5, 5.0).
+            seed: the initial noise comes from a CPU generator with this seed (same noise on every device);
+                None draws one and stores it in ``output.info["seed"]``.
+            return_frames: keep the decoded video frames in the output (AnySplat decodes them anyway).
+            progress: tqdm progress bar over the denoising steps.
+        Returns a :class:`SceneOutput` (CPU tensors).
+        """
+        check_prompt(prompt)
+        s = self.settings.replace(negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
+                                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                  flow_shift=flow_shift)
+        if prompt_template is not _UNSET:
+            s = s.replace(prompt_template=prompt_template or "")
+        s.check()
+        text = apply_template(prompt, s.prompt_template)
+        if self.untrained:
+            from .presets import TINY_WARNING
+
+            logger.warning(TINY_WARNING)
+        if getattr(self.wan.scheduler.config, "flow_shift", None) != s.flow_shift:
+            self.wan.scheduler = make_scheduler(s.flow_shift)
+        generator, seed = _generator(seed)
+        self.wan.set_progress_bar_config(disable=not progress, desc="denoising")
+        logger.info("sampling %d frames of %dx%d, %d steps, CFG %.2f, seed %d", s.num_frames, s.height, s.width,
+                    s.num_inference_steps, s.guidance_scale, seed)
+        latent = self.wan(prompt=text, negative_prompt=s.negative_prompt or None, height=s.height, width=s.width,
+                          num_frames=s.num_frames, num_inference_steps=s.num_inference_steps,
+                          guidance_scale=s.guidance_scale, generator=generator, output_type="latent",
+                          max_sequence_length=s.max_sequence_length).frames
+        vae = self.wan.vae
+        raw = to_raw_latent(vae, latent.to(dtype=vae.dtype))
+        size3d = model_size(s.height, s.width)
+        frames = None
+        if self.decoder.needs_frames or return_frames:
+            logger.info("decoding %d frames with the Wan VAE", s.num_frames)
+            frames = decode_frames(vae, raw, self.device)
+            frames3d = resize_frames(frames, size3d)
+        else:
+            frames3d = torch.zeros(1, s.num_frames, 3, *size3d)
+        logger.info("stitched %s decoder on %d frames of %dx%d", self.decoder.kind, s.num_frames, *size3d)
+        gaussians, cameras, pointmap, depth = run_decoder(self.decoder, raw.float(), frames3d, self._offload_device)
+        info = {"prompt": prompt, "text": text, "seed": seed, "num_frames": s.num_frames, "height": s.height,
+                "width": s.width, "steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
+                "flow_shift": s.flow_shift, "untrained": self.untrained}
+        return SceneOutput(gaussians, cameras, pointmap, frames[0].cpu() if (frames is not None and return_frames)
+                           else None, depth, raw.float().cpu(), info)
