@@ -8,3 +8,16 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+
+def _register() -> None:
+    from .decoding import NODES as decoding_nodes
+    from .sampling import NODES as sampling_nodes
+
+    for group in (decoding_nodes, sampling_nodes):
+        for node_id, (cls, display) in group.items():
+            NODE_CLASS_MAPPINGS[node_id] = cls
+            NODE_DISPLAY_NAME_MAPPINGS[node_id] = display
+
+
+_register()

@@ -1,0 +1,478 @@
+"""Decoder nodes: load a stitched decoder, decode a Wan LATENT (or an IMAGE batch) to splats / pointmaps, save and
+preview. Thin wrappers over :mod:`vist3a` (``vist3a.pipeline.run_decoder``, ``vist3a.io``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import _comfy
+
+logger = logging.getLogger("vist3a.nodes")
+
+CATEGORY = "VIST3A"
+DECODER = "VIST3A_DECODER"
+SPLATS = "VIST3A_SPLATS"
+CAMERAS = "VIST3A_CAMERAS"
+POINTS = "VIST3A_POINTCLOUD"
+
+PUBLISHED = "HJGO/VIST3A/anysplat_stitched.pth"
+PUBLISHED_21 = "HJGO/VIST3A/anysplat_stitched_21_frame_extended.pth"
+TINY = "tiny-anysplat (untrained, tests only)"
+TINY_VGGT = "tiny-vggt (untrained, tests only)"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ============================================================================================ containers
+@dataclass(eq=False)
+class DecoderHandle:
+    """What flows on a ``VIST3A_DECODER`` wire: the stitched decoder, its ComfyUI ModelPatcher and, for the tiny
+    preset, a bundled tiny diffusers Wan VAE (used when no ComfyUI ``VAE`` is connected)."""
+
+    decoder: Any
+    patcher: Any
+    name: str
+    tiny_vae: Any = None
+    untrained: bool = False
+
+    def load(self) -> torch.device:
+        """Let ComfyUI place the decoder (``load_models_gpu``) and return the device it runs on."""
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([self.patcher])
+        return next(self.decoder.parameters()).device
+
+
+@dataclass(eq=False)
+class SplatBatch:
+    """``VIST3A_SPLATS``: one :class:`vist3a.Gaussians` per batch item (CPU, float32) and their cameras."""
+
+    gaussians: list
+    cameras: list = field(default_factory=list)
+    untrained: bool = False
+
+
+@dataclass(eq=False)
+class PointBatch:
+    """``VIST3A_POINTCLOUD``: one :class:`vist3a.PointCloud` per batch item."""
+
+    clouds: list
+    untrained: bool = False
+
+
+def _tip(text: str, **opts) -> dict:
+    return {"tooltip": text, **opts}
+
+
+# ============================================================================================ loading
+def _download_published(node: str, name: str) -> tuple[str, str]:
+    """``HJGO/VIST3A/<file>`` + base ``lhjiang/anysplat`` -> files inside ``models/vist3a/`` (downloaded once)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    folder = _comfy.model_folder()
+    repo, file = name.rsplit("/", 1)
+    try:
+        path = hf_hub_download(repo, file, local_dir=str(folder / "HJGO_VIST3A"))
+        base = snapshot_download("lhjiang/anysplat", local_dir=str(folder / "lhjiang_anysplat"))
+    except Exception as err:
+        raise ValueError(f"{node}: could not download {name} and its base lhjiang/anysplat into {folder} ({err}); "
+                         f"download them by hand into {folder} (HJGO_VIST3A/{file} and the lhjiang_anysplat folder) "
+                         "and pick the file from the list") from err
+    return path, base
+
+
+def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "auto") -> DecoderHandle:
+    """Pure-ish loader behind LoadStitchedDecoder (needs ComfyUI only for the model folder and the ModelPatcher)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    torch_dtype = None if dtype == "auto" else DTYPES.get(dtype)
+    if dtype != "auto" and torch_dtype is None:
+        raise ValueError(f"{node}: unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
+    tiny_vae, untrained = None, False
+    if decoder in (TINY, TINY_VGGT):
+        from vist3a.pipeline.presets import TINY_WARNING, tiny_decoder
+        from vist3a.stitching.vae import tiny_video_vae
+
+        logger.warning("%s: %s", node, TINY_WARNING)
+        model = tiny_decoder(0, "anysplat" if decoder == TINY else "vggt")
+        tiny_vae = tiny_video_vae("wan", seed=0).vae.eval()
+        untrained = True
+    elif decoder in (PUBLISHED, PUBLISHED_21):
+        from vist3a.stitching import load_published_stitched
+
+        path, base = _download_published(node, decoder)
+        model = load_published_stitched(path, base=base)
+    else:
+        from vist3a.pipeline import load_stitched_decoder
+
+        path = _comfy.resolve_local(decoder)
+        if path is None:
+            raise ValueError(f"{node}: {decoder!r} is not in models/vist3a/; put a published VIST3A .pth or one of "
+                             "our decoder folders (decoder_config.json + model.safetensors) there, then refresh")
+        base = None
+        if path.suffix in (".pth", ".pt"):
+            local_base = _comfy.model_folder() / "lhjiang_anysplat"
+            base = str(local_base) if local_base.is_dir() else None
+        model = load_stitched_decoder(path, base=base)
+    if torch_dtype is not None:
+        model = model.to(dtype=torch_dtype)
+    model = model.eval().requires_grad_(False)
+    if device == "cpu":
+        load_device = offload_device = torch.device("cpu")
+    elif device == "auto":
+        load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    else:
+        raise ValueError(f"{node}: unknown device {device!r}; use auto or cpu")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return DecoderHandle(model, patcher, decoder, tiny_vae, untrained)
+
+
+class LoadStitchedDecoder:
+    DESCRIPTION = ("Loads a VIST3A stitched 3D decoder (AnySplat or VGGT stitched into the Wan 2.1 VAE latent "
+                   "space) from models/vist3a/, or downloads the published HJGO/VIST3A decoder and its base "
+                   "lhjiang/anysplat into that folder on first use. The tiny entries are untrained test models.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (DECODER,)
+    RETURN_NAMES = ("decoder",)
+    OUTPUT_TOOLTIPS = ("The stitched decoder, managed by ComfyUI's model manager.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = [PUBLISHED, PUBLISHED_21, *_comfy.local_decoders(), TINY, TINY_VGGT]
+        return {"required": {
+            "decoder": (names, _tip("Published HJGO/VIST3A decoder (downloaded into models/vist3a/ on first use), a "
+                                    "file/folder from models/vist3a/, or a tiny untrained test model.")),
+            "dtype": (["auto", "fp32", "bf16", "fp16"],
+                      _tip("Weights precision; auto keeps fp32 (published). bf16 halves memory.")),
+            "device": (["auto", "cpu"], _tip("auto: ComfyUI's GPU with offloading; cpu: always on the CPU.")),
+        }}
+
+    def load(self, decoder, dtype="auto", device="auto"):
+        return (build_decoder("LoadStitchedDecoder", decoder, dtype, device),)
+
+
+# ============================================================================================ decoding helpers
+def _latent(node: str, samples) -> torch.Tensor:
+    if not isinstance(samples, dict) or "samples" not in samples:
+        raise ValueError(f"{node}: samples must be a LATENT ({{'samples': tensor}}); connect a sampler's LATENT")
+    z = samples["samples"]
+    if not isinstance(z, torch.Tensor) or z.dim() != 5 or z.shape[1] != 16:
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ValueError(f"{node}: expected a Wan 2.1 video latent (B, 16, T_lat, H/8, W/8), got {shape}; use the "
+                         "Wan 2.1 model / EmptyHunyuanLatentVideo with 4k+1 frames")
+    return z.float()
+
+
+def _decode_frames(node: str, handle: DecoderHandle, vae, raw: torch.Tensor) -> torch.Tensor:
+    """Raw latent -> frames (B, T, 3, H, W) in [0, 1] with ComfyUI's VAE (or the tiny preset's bundled VAE)."""
+    b, _, t_lat = raw.shape[:3]
+    t = (t_lat - 1) * 4 + 1
+    if vae is not None:
+        images = vae.decode(raw)
+        if images.dim() == 4:
+            images = images.reshape(b, -1, *images.shape[1:])
+        if images.shape[1] != t:
+            raise ValueError(f"{node}: the VAE decoded {images.shape[1]} frames for {t_lat} latent frames (expected "
+                             f"{t}); connect the Wan 2.1 VAE")
+        return images[..., :3].float().permute(0, 1, 4, 2, 3).clamp(0, 1).cpu()
+    if handle.tiny_vae is not None:
+        from vist3a.pipeline import decode_frames
+
+        return decode_frames(handle.tiny_vae, raw).cpu()
+    raise ValueError(f"{node}: this decoder reads RGB frames; connect the Wan 2.1 VAE (VAELoader wan_2.1_vae) to vae")
+
+
+def _to_image(frames: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, H, W) -> ComfyUI IMAGE (B*T, H, W, 3)."""
+    return frames.permute(0, 1, 3, 4, 2).reshape(-1, frames.shape[3], frames.shape[4], 3).contiguous().float()
+
+
+@contextlib.contextmanager
+def _block_hooks(decoder, total_steps: int):
+    """Progress + interruption between the decoder's transformer blocks."""
+    from torch import nn
+
+    blocks = [m for name, mod in decoder.named_modules() if isinstance(mod, nn.ModuleList)
+              and name.endswith(("frame_blocks", "global_blocks")) for m in mod]
+    bar = _comfy.progress_bar(max(1, len(blocks)) * total_steps)
+
+    def hook(_module, _args):
+        _comfy.check_interrupt()
+        bar.update(1)
+
+    handles = [b.register_forward_pre_hook(hook) for b in blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def decode(node: str, handle: DecoderHandle, raw: torch.Tensor, frames: torch.Tensor | None,
+           vggt_points: str = "head"):
+    """Raw latent (B, 16, T_lat, h, w) (+ frames (B, T, 3, H, W) at the video size) -> per item
+    (gaussians | None, cameras, pointmap, depth)."""
+    from vist3a.pipeline import model_size, run_decoder
+    from vist3a.pipeline.wan import resize_frames
+
+    if not isinstance(handle, DecoderHandle):
+        raise ValueError(f"{node}: decoder must come from LoadStitchedDecoder")
+    if handle.untrained:
+        logger.warning("%s: tiny untrained decoder: the output is noise (plumbing test only)", node)
+    b, _, t_lat, h, w = raw.shape
+    t = (t_lat - 1) * 4 + 1
+    size3d = model_size(h * 8, w * 8)
+    _comfy.check_interrupt()
+    device = handle.load()
+    results = []
+    with _block_hooks(handle.decoder, b):
+        for i in range(b):
+            f3d = (resize_frames(frames[i:i + 1], size3d) if frames is not None
+                   else torch.zeros(1, t, 3, *size3d))
+            try:
+                results.append(run_decoder(handle.decoder, raw[i:i + 1], f3d, device, vggt_points))
+            except ValueError as err:
+                raise ValueError(f"{node}: {err}") from err
+    return results
+
+
+def _depth_image(depth: torch.Tensor) -> torch.Tensor:
+    """(T, H, W) depth -> IMAGE (T, H, W, 3), each frame normalised to [0, 1] (near = bright)."""
+    d = depth.float()
+    flat = d.reshape(d.shape[0], -1)
+    lo, hi = flat.amin(1).view(-1, 1, 1), flat.amax(1).view(-1, 1, 1)
+    norm = 1 - (d - lo) / (hi - lo).clamp_min(1e-8)
+    return norm.nan_to_num(0).clamp(0, 1)[..., None].expand(-1, -1, -1, 3).contiguous()
+
+
+# ============================================================================================ nodes
+_DECODER_IN = (DECODER, _tip("Stitched decoder from VIST3A Load Stitched Decoder."))
+_VAE_IN = ("VAE", _tip("The Wan 2.1 VAE (VAELoader wan_2.1_vae): decodes the frames the AnySplat heads read. "
+                       "Optional for VGGT decoders and for the tiny test decoder."))
+
+
+class DecodeToSplats:
+    DESCRIPTION = ("Decodes a Wan 2.1 video LATENT (from WanVIST3ASampler or core KSampler) with a stitched AnySplat "
+                   "decoder into 3D Gaussian splats, the predicted cameras and the decoded frames.")
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = (SPLATS, CAMERAS, "IMAGE")
+    RETURN_NAMES = ("splats", "cameras", "frames")
+    OUTPUT_TOOLTIPS = ("Gaussian splats, one scene per latent in the batch.", "Predicted cameras per frame.",
+                       "The VAE-decoded video frames (B*T images).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "decoder": _DECODER_IN,
+            "samples": ("LATENT", _tip("Wan 2.1 video latent (raw VAE space, as every ComfyUI sampler returns).")),
+        }, "optional": {"vae": _VAE_IN}}
+
+    def decode(self, decoder, samples, vae=None):
+        node = "DecodeToSplats"
+        raw = _latent(node, samples)
+        if isinstance(decoder, DecoderHandle) and decoder.decoder.kind != "anysplat":
+            raise ValueError(f"{node}: {decoder.name} is a VGGT decoder (no Gaussians); use DecodeToPointmap")
+        frames = _decode_frames(node, decoder, vae, raw)
+        results = decode(node, decoder, raw, frames)
+        splats = SplatBatch([r[0] for r in results], [r[1] for r in results], decoder.untrained)
+        return (splats, splats.cameras, _to_image(frames))
+
+
+class DecodeToPointmap:
+    DESCRIPTION = ("Decodes a Wan 2.1 video LATENT with a stitched decoder (AnySplat or VGGT) into a coloured point "
+                   "cloud (pixels below the confidence threshold dropped), the cameras and depth maps.")
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = (POINTS, CAMERAS, "IMAGE")
+    RETURN_NAMES = ("points", "cameras", "depth")
+    OUTPUT_TOOLTIPS = ("Point cloud per scene.", "Predicted cameras per frame.",
+                       "Depth per frame, normalised per frame (near = bright).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "decoder": _DECODER_IN,
+            "samples": ("LATENT", _tip("Wan 2.1 video latent (raw VAE space, as every ComfyUI sampler returns).")),
+            "confidence_threshold": ("FLOAT", _tip("Drop points whose confidence is below this value (0 keeps all).",
+                                                   default=0.0, min=0.0, max=1000.0, step=0.01)),
+            "drop_percentile": ("FLOAT", _tip("Also drop this percentage of the least confident points (0-99).",
+                                              default=0.0, min=0.0, max=99.0, step=1.0)),
+        }, "optional": {"vae": _VAE_IN}}
+
+    def decode(self, decoder, samples, confidence_threshold=0.0, drop_percentile=0.0, vae=None):
+        node = "DecodeToPointmap"
+        raw = _latent(node, samples)
+        frames = None
+        if not (isinstance(decoder, DecoderHandle) and decoder.decoder.kind == "vggt" and vae is None):
+            frames = _decode_frames(node, decoder, vae, raw)
+        results = decode(node, decoder, raw, frames)
+        clouds = [r[2].to_point_cloud(float(confidence_threshold), float(drop_percentile)) for r in results]
+        depth = torch.cat([_depth_image(r[3]) for r in results])
+        return (PointBatch(clouds, decoder.untrained), [r[1] for r in results], depth)
+
+
+class VIST3AImagesTo3D:
+    DESCRIPTION = ("Reconstructs 3D from an ordered IMAGE batch (a video's frames): picks `frames` evenly spaced "
+                   "frames (first and last kept), scales them to cover width x height and centre-crops, encodes them "
+                   "with the Wan 2.1 VAE and runs the stitched AnySplat decoder (the '3D VAE' use).")
+    CATEGORY = CATEGORY
+    FUNCTION = "reconstruct"
+    RETURN_TYPES = (SPLATS, POINTS, CAMERAS, "LATENT")
+    RETURN_NAMES = ("splats", "points", "cameras", "latent")
+    OUTPUT_TOOLTIPS = ("Gaussian splats.", "Point cloud (unprojected depth).", "Predicted cameras.",
+                       "The encoded Wan latent.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "decoder": _DECODER_IN,
+            "images": ("IMAGE", _tip("Ordered frames (T, H, W, 3), e.g. GetVideoComponents' images.")),
+            "frames": ("INT", _tip("Frames to use, 4k+1 (published: 13), picked evenly over the clip.", default=13,
+                                   min=1, max=257, step=4)),
+            "width": ("INT", _tip("Video width, multiple of 16 (published: 512).", default=512, min=16, max=2048,
+                                  step=16)),
+            "height": ("INT", _tip("Video height, multiple of 16 (published: 512).", default=512, min=16, max=2048,
+                                   step=16)),
+        }, "optional": {"vae": (_VAE_IN[0], _tip("The Wan 2.1 VAE that encodes the frames (optional only for the "
+                                                   "tiny test decoder)."))}}
+
+    def reconstruct(self, decoder, images, frames=13, width=512, height=512, vae=None):
+        from vist3a.pipeline.frames import crop_resize, resample_indices
+
+        node = "VIST3AImagesTo3D"
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] < 3:
+            raise ValueError(f"{node}: images must be an IMAGE batch (T, H, W, 3)")
+        if frames % 4 != 1:
+            raise ValueError(f"{node}: frames must be 4k+1 (5, 9, 13, 17, ...), got {frames}")
+        if height % 16 or width % 16:
+            raise ValueError(f"{node}: width and height must be multiples of 16, got {width}x{height}")
+        idx = resample_indices(images.shape[0], frames)
+        clip = crop_resize(images[idx][..., :3].permute(0, 3, 1, 2).float().clamp(0, 1), height, width)
+        pixels = clip.permute(0, 2, 3, 1).contiguous()
+        if not isinstance(decoder, DecoderHandle) or decoder.decoder.kind != "anysplat":
+            raise ValueError(f"{node}: connect a stitched AnySplat decoder from LoadStitchedDecoder")
+        _comfy.check_interrupt()
+        if vae is not None:
+            raw = vae.encode(pixels).float()
+            if raw.dim() == 4:
+                raw = raw[None]
+        elif decoder.tiny_vae is not None:
+            tv = decoder.tiny_vae
+            x = pixels.permute(3, 0, 1, 2)[None] * 2 - 1
+            raw = tv.encode(x.to(next(tv.parameters()).dtype)).latent_dist.mean.float()
+        else:
+            raise ValueError(f"{node}: connect the Wan 2.1 VAE (VAELoader wan_2.1_vae) to vae")
+        raw = _latent(node, {"samples": raw})
+        (gaussians, cameras, pointmap, _depth), = decode(node, decoder, raw[:1], clip[None].cpu())
+        return (SplatBatch([gaussians], [cameras], decoder.untrained),
+                PointBatch([pointmap.to_point_cloud()], decoder.untrained), [cameras], {"samples": raw.cpu()})
+
+
+# ============================================================================================ saving / preview
+def _splat_entries(node: str, splats, prefix: str, also_splat: bool, temp: bool) -> list[dict]:
+    from vist3a.io import write_gaussians_ply, write_splat
+
+    if not isinstance(splats, SplatBatch):
+        raise ValueError(f"{node}: splats must come from DecodeToSplats or VIST3A Images To 3D")
+    entries = []
+    for g in splats.gaussians:
+        _comfy.check_interrupt()
+        exts = [".ply", ".splat"] if also_splat else [".ply"]
+        paths, subfolder, kind = _comfy.save_paths(node, prefix, exts, temp=temp)
+        write_gaussians_ply(paths[0], g)
+        if also_splat:
+            write_splat(paths[1], g)
+        logger.info("%s: wrote %s (%d Gaussians)", node, paths[0], len(g))
+        entries.append({"filename": paths[0].name, "subfolder": subfolder, "type": kind})
+    return entries
+
+
+def _ui(entries: list[dict]) -> dict:
+    return {"vist3a_splats": entries, "3d": [dict(e) for e in entries]}
+
+
+class SaveSplatPLY:
+    DESCRIPTION = ("Saves Gaussian splats as standard 3DGS .ply (readable by every 3DGS viewer) and optionally "
+                   ".splat into ComfyUI's output folder, and shows them in the VIST3A previewer.")
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "splats": (SPLATS, _tip("Gaussian splats from DecodeToSplats or VIST3A Images To 3D.")),
+            "filename_prefix": ("STRING", _tip("File name prefix inside the output folder; may contain subfolders "
+                                               "(vist3a/scene). Never leaves the output folder.",
+                                               default="vist3a/scene")),
+            "also_splat": ("BOOLEAN", _tip("Also write an antimatter15 .splat file (DC colour only).",
+                                           default=False)),
+        }}
+
+    def save(self, splats, filename_prefix="vist3a/scene", also_splat=False):
+        return {"ui": _ui(_splat_entries("SaveSplatPLY", splats, filename_prefix, also_splat, False)), "result": ()}
+
+
+class PreviewSplats:
+    DESCRIPTION = "Shows Gaussian splats in the VIST3A previewer without keeping them (written to the temp folder)."
+    CATEGORY = CATEGORY
+    FUNCTION = "preview"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"splats": (SPLATS, _tip("Gaussian splats to look at."))}}
+
+    def preview(self, splats):
+        return {"ui": _ui(_splat_entries("PreviewSplats", splats, "vist3a_preview/splats", False, True)),
+                "result": ()}
+
+
+class SavePointCloudPLY:
+    DESCRIPTION = "Saves point clouds as coloured point-cloud .ply (with confidence) into ComfyUI's output folder."
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "points": (POINTS, _tip("Point clouds from DecodeToPointmap or VIST3A Images To 3D.")),
+            "filename_prefix": ("STRING", _tip("File name prefix inside the output folder; may contain subfolders. "
+                                               "Never leaves the output folder.", default="vist3a/points")),
+        }}
+
+    def save(self, points, filename_prefix="vist3a/points"):
+        from vist3a.io import write_point_cloud_ply
+
+        node = "SavePointCloudPLY"
+        if not isinstance(points, PointBatch):
+            raise ValueError(f"{node}: points must come from DecodeToPointmap or VIST3A Images To 3D")
+        entries = []
+        for cloud in points.clouds:
+            (path,), subfolder, kind = _comfy.save_paths(node, filename_prefix, [".ply"])
+            write_point_cloud_ply(path, cloud)
+            logger.info("%s: wrote %s (%d points)", node, path, len(cloud.points))
+            entries.append({"filename": path.name, "subfolder": subfolder, "type": kind})
+        return {"ui": {"vist3a_points": entries, "3d": [dict(e) for e in entries]}, "result": ()}
+
+
+NODES = {
+    "LoadStitchedDecoder": (LoadStitchedDecoder, "VIST3A Load Stitched Decoder"),
+    "DecodeToSplats": (DecodeToSplats, "VIST3A Decode To Splats"),
+    "DecodeToPointmap": (DecodeToPointmap, "VIST3A Decode To Pointmap"),
+    "VIST3AImagesTo3D": (VIST3AImagesTo3D, "VIST3A Images To 3D"),
+    "SaveSplatPLY": (SaveSplatPLY, "VIST3A Save Splat PLY"),
+    "SavePointCloudPLY": (SavePointCloudPLY, "VIST3A Save Point Cloud PLY"),
+    "VIST3APreviewSplats": (PreviewSplats, "VIST3A Preview Splats"),
+}

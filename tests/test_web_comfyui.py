@@ -1,0 +1,198 @@
+"""Opt-in check of the previewer inside a real ComfyUI (server + its bundled frontend), in headless Chromium.
+
+Runs only when ``COMFYUI_DIR`` (a ComfyUI checkout) and ``COMFYUI_PYTHON`` (an interpreter with ComfyUI's
+requirements) are set, Chromium is installed and ``websocket-client`` is importable; otherwise it is skipped. It starts
+``main.py --cpu`` with a temporary ``--base-directory`` whose ``custom_nodes/vist3a`` links to this repository, writes
+the test PLYs into its output folder, opens the real frontend, adds SaveSplatPLY / SavePointCloudPLY /
+VIST3APreviewSplats nodes, delivers their outputs through the frontend's own ``executed`` event, drags and wheels on
+the preview with real input events and checks what the previewer shows. Screenshot: <tmp>/vist3a_web_test/comfyui.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_web_preview import CHROMIUM_FLAGS, SCREENSHOT_DIR, _chromium, write_test_files
+
+REPO = Path(__file__).resolve().parent.parent
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
+try:
+    import websocket  # websocket-client
+except ImportError:  # pragma: no cover
+    websocket = None
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (COMFYUI_DIR and COMFYUI_PYTHON), reason="set COMFYUI_DIR and COMFYUI_PYTHON to run"),
+    pytest.mark.skipif(_chromium() is None, reason="chromium is not installed"),
+    pytest.mark.skipif(websocket is None, reason="websocket-client is not installed"),
+]
+
+PAGE_JS = """
+(async () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  // the frontend's /scripts/*.js shims read window.comfyAPI, which exists once the app has started
+  for (let i = 0; i < 600 && !(window.comfyAPI?.app?.app?.graph && window.comfyAPI?.api?.api && window.LiteGraph); i++) {
+    await sleep(100);
+  }
+  await sleep(1000);
+  const { app } = await import("/scripts/app.js");
+  const { api } = await import("/scripts/api.js");
+  window.__vist3aApp = app;
+  const out = { extensions: app.extensions.map((e) => e.name) };
+  app.graph.clear();
+  const nodes = [["SaveSplatPLY", "vist3a_splats", "blobs.ply", [80, 60]],
+                 ["SavePointCloudPLY", "vist3a_points", "points.ply", [480, 60]],
+                 ["VIST3APreviewSplats", "vist3a_splats", "truncated.ply", [880, 60]]].map(([type, key, file, pos]) => {
+    const node = LiteGraph.createNode(type);
+    node.pos = pos;
+    app.graph.add(node);
+    api.dispatchEvent(new CustomEvent("executed", { detail: { node: String(node.id), display_node: String(node.id),
+      output: { [key]: [{ filename: file, subfolder: "", type: "output" }] }, prompt_id: "vist3a-test" } }));
+    return node;
+  });
+  app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0];
+  app.graph.setDirtyCanvas(true, true);
+  for (let i = 0; i < 600; i++) {
+    const states = nodes.map((n) => n.__vist3aPreview?.element.dataset.state);
+    if (states[0] === "ready" && states[1] === "ready" && states[2] === "error" &&
+        nodes[0].__vist3aPreview.renderer.sortCount >= 1) break;
+    await sleep(100);
+  }
+  out.nodes = nodes.map((n) => {
+    const p = n.__vist3aPreview;
+    return { type: n.type, state: p?.element.dataset.state, info: p?.element.querySelector(".vist3a-info")?.textContent,
+             message: p?.element.querySelector(".vist3a-message")?.textContent,
+           };
+  });
+  return out;
+})()
+"""
+
+STATE_JS = """(() => { const app = window.__vist3aApp; const n = app.graph._nodes.find((n) => n.type === "SaveSplatPLY");
+  const r = n.__vist3aPreview.renderer;
+  return { yaw: r.yaw, distance: r.distance, sorts: r.sortCount, offset: [...app.canvas.ds.offset],
+           rect: n.__vist3aPreview.canvas.getBoundingClientRect().toJSON(),
+           scale: app.canvas.ds.scale, pos: [...n.pos] }; })()"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+class _Cdp:
+    def __init__(self, ws_url: str):
+        self.ws = websocket.create_connection(ws_url, timeout=120)
+        self.id = 0
+
+    def call(self, method: str, **params):
+        self.id += 1
+        self.ws.send(json.dumps({"id": self.id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def evaluate(self, expression: str):
+        r = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(json.dumps(r["exceptionDetails"])[:2000])
+        return r["result"]["value"]
+
+
+def test_previewer_in_real_comfyui(tmp_path):
+    home = tmp_path / "home"
+    (home / "custom_nodes").mkdir(parents=True)
+    (home / "output").mkdir()
+    (home / "custom_nodes" / "vist3a").symlink_to(REPO, target_is_directory=True)
+    write_test_files(home / "output")
+    port, cdp_port = _free_port(), _free_port()
+    log = open(tmp_path / "comfyui.log", "wb")  # noqa: SIM115 (closed in the finally below, after the server)
+    server = subprocess.Popen(
+        [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(home), "--disable-auto-launch"],
+        cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
+    )
+    browser = None
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/object_info/SaveSplatPLY", 120)
+        listed = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/extensions").read())
+        assert "/extensions/vist3a/js/vist3a_preview.js" in listed
+        profile = tempfile.mkdtemp(dir=tmp_path)
+        browser = subprocess.Popen(
+            [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,800",
+             f"--remote-debugging-port={cdp_port}", "--remote-allow-origins=*", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_http(f"http://127.0.0.1:{cdp_port}/json/version", 30)
+        tabs = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{cdp_port}/json").read())
+        cdp = _Cdp(next(t for t in tabs if t["type"] == "page")["webSocketDebuggerUrl"])
+        cdp.call("Page.enable")
+        cdp.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+        out = cdp.evaluate(PAGE_JS)
+        assert "vist3a.SplatPreview" in out["extensions"]
+        splats, points, bad = out["nodes"]
+        assert splats["state"] == "ready" and "3,000 splats" in splats["info"], splats
+        assert points["state"] == "ready" and "20,000 points" in points["info"], points
+        assert bad["state"] == "error" and "Truncated PLY" in bad["message"], bad
+        # a fresh profile opens the template browser: close it (Escape), and drop any modal mask still over the graph
+        for t in ("keyDown", "keyUp"):
+            cdp.call("Input.dispatchKeyEvent", type=t, key="Escape", code="Escape", windowsVirtualKeyCode=27)
+        time.sleep(1.0)
+        cdp.evaluate("document.querySelectorAll('.p-dialog-mask').forEach((e) => e.remove()); true")
+        time.sleep(0.5)
+        before = cdp.evaluate(STATE_JS)
+        r = before["rect"]  # where the frontend placed the DOM widget now
+        x, y = r["x"] + r["width"] / 2, r["y"] + r["height"] / 2
+        cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        cdp.call("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=1, buttons=1)
+        for k in range(1, 11):
+            cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + 6 * k, y=y, button="left", buttons=1)
+            time.sleep(0.05)
+        cdp.call("Input.dispatchMouseEvent", type="mouseReleased", x=x + 60, y=y, button="left", clickCount=1)
+        cdp.call("Input.dispatchMouseEvent", type="mouseWheel", x=x, y=y, deltaX=0, deltaY=-300)
+        time.sleep(1.5)
+        after = cdp.evaluate(STATE_JS)
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        shot = cdp.call("Page.captureScreenshot", format="png")
+        (SCREENSHOT_DIR / "comfyui.png").write_bytes(base64.b64decode(shot["data"]))
+        assert after["yaw"] != before["yaw"], (before, after)  # orbit
+        assert after["distance"] < before["distance"], (before, after)  # zoom
+        assert after["sorts"] > before["sorts"], (before, after)  # re-sorted after rotating
+        # the graph itself did not pan, zoom or move the node
+        assert after["offset"] == before["offset"] and after["scale"] == before["scale"] and after["pos"] == before["pos"]
+    finally:
+        if browser is not None:
+            browser.terminate()
+            browser.wait(10)
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
