@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """End-to-end check of the VIST3A node pack inside a real ComfyUI server.
 
-Usage (see README, "Developers: real-ComfyUI end-to-end run")::
+Usage (see README, section "Real-ComfyUI end-to-end run")::
 
     COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/comfy-venv/bin/python python scripts/comfyui_e2e.py
 
