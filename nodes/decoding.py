@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import _comfy
+from .splat_types import CORE_SPLAT, SplatBatch, make_splats, to_gaussians  # noqa: F401 (SplatBatch re-exported)
+from .splat_types import INPUT_TYPE as SPLATS_IN
+from .splat_types import OUTPUT_TYPE as SPLATS
 
 logger = logging.getLogger("vist3a.nodes")
 
 CATEGORY = "VIST3A"
 DECODER = "VIST3A_DECODER"
-SPLATS = "VIST3A_SPLATS"
 CAMERAS = "VIST3A_CAMERAS"
 POINTS = "VIST3A_POINTCLOUD"
 
@@ -45,15 +47,6 @@ class DecoderHandle:
 
         mm.load_models_gpu([self.patcher])
         return next(self.decoder.parameters()).device
-
-
-@dataclass(eq=False)
-class SplatBatch:
-    """``VIST3A_SPLATS``: one :class:`vist3a.Gaussians` per batch item (CPU, float32) and their cameras."""
-
-    gaussians: list
-    cameras: list = field(default_factory=list)
-    untrained: bool = False
 
 
 @dataclass(eq=False)
@@ -281,8 +274,9 @@ class DecodeToSplats:
             raise ValueError(f"{node}: {decoder.name} is a VGGT decoder (no Gaussians); use DecodeToPointmap")
         frames = _decode_frames(node, decoder, vae, raw)
         results = decode(node, decoder, raw, frames)
-        splats = SplatBatch([r[0] for r in results], [r[1] for r in results], decoder.untrained)
-        return (splats, splats.cameras, _to_image(frames))
+        cameras = [r[1] for r in results]
+        splats = make_splats([r[0] for r in results], cameras, decoder.untrained, CORE_SPLAT)
+        return (splats, cameras, _to_image(frames))
 
 
 class DecodeToPointmap:
@@ -371,7 +365,7 @@ class VIST3AImagesTo3D:
             raise ValueError(f"{node}: connect the Wan 2.1 VAE (VAELoader wan_2.1_vae) to vae")
         raw = _latent(node, {"samples": raw})
         (gaussians, cameras, pointmap, _depth), = decode(node, decoder, raw[:1], clip[None].cpu())
-        return (SplatBatch([gaussians], [cameras], decoder.untrained),
+        return (make_splats([gaussians], [cameras], decoder.untrained, CORE_SPLAT),
                 PointBatch([pointmap.to_point_cloud()], decoder.untrained), [cameras], {"samples": raw.cpu()})
 
 
@@ -379,10 +373,9 @@ class VIST3AImagesTo3D:
 def _splat_entries(node: str, splats, prefix: str, also_splat: bool, temp: bool) -> list[dict]:
     from vist3a.io import write_gaussians_ply, write_splat
 
-    if not isinstance(splats, SplatBatch):
-        raise ValueError(f"{node}: splats must come from DecodeToSplats or VIST3A Images To 3D")
+    gaussians, _untrained = to_gaussians(node, splats)
     entries = []
-    for g in splats.gaussians:
+    for g in gaussians:
         _comfy.check_interrupt()
         exts = [".ply", ".splat"] if also_splat else [".ply"]
         paths, subfolder, kind = _comfy.save_paths(node, prefix, exts, temp=temp)
@@ -409,7 +402,8 @@ class SaveSplatPLY:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "splats": (SPLATS, _tip("Gaussian splats from DecodeToSplats or VIST3A Images To 3D.")),
+            "splats": (SPLATS_IN, _tip("Gaussian splats from DecodeToSplats, VIST3A Images To 3D or (on a ComfyUI "
+                                       "with the core SPLAT type) any core splat node.")),
             "filename_prefix": ("STRING", _tip("File name prefix inside the output folder; may contain subfolders "
                                                "(vist3a/scene). Never leaves the output folder.",
                                                default="vist3a/scene")),
@@ -430,7 +424,7 @@ class PreviewSplats:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"splats": (SPLATS, _tip("Gaussian splats to look at."))}}
+        return {"required": {"splats": (SPLATS_IN, _tip("Gaussian splats to look at (ours or core SPLAT)."))}}
 
     def preview(self, splats):
         return {"ui": _ui(_splat_entries("PreviewSplats", splats, "vist3a_preview/splats", False, True)),

@@ -14,10 +14,13 @@ What it does, in order:
    models) is switched to ``tiny``; a workflow naming model files the server does not have, or node types it does
    not know, is skipped with the reason; waits on ``/history/<id>`` with a timeout; checks the run succeeded, wrote
    files, and every ``.ply`` / ``.splat`` it wrote reads back with :mod:`vist3a.io`;
-5. checks ``/interrupt`` stops a long run cleanly: a core-only chain of many slow image nodes, and (when a runnable
+5. on a ComfyUI with the core splat type (``SPLAT``), checks DecodeToSplats outputs it and that core nodes and
+   ours agree: core SplatToFile3D's PLY equals our SaveSplatPLY's, and a core TransformSplat result saved by our
+   SaveSplatPLY moved by exactly the requested offset (skipped, with the reason, on older ComfyUI);
+6. checks ``/interrupt`` stops a long run cleanly: a core-only chain of many slow image nodes, and (when a runnable
    workflow has a ``steps`` input) that workflow with many steps; history must show ``execution_interrupted``, the
    server must still answer and run a short prompt afterwards;
-6. stops the server (by its process id) and removes the link and the temporary directories.
+7. stops the server (by its process id) and removes the link and the temporary directories.
 
 Only loopback addresses are used; every wait is bounded. Exit status 0 when every check passed. The harness needs
 only the standard library plus this repository's ``vist3a`` (torch, numpy) to read the PLYs back; ComfyUI runs in
@@ -585,30 +588,34 @@ def submit(api: Api, wf: dict) -> tuple[str | None, str]:
     return None, f"/prompt answered {status}: {json.dumps(payload)[:2000]}"
 
 
-def run_workflow(api: Api, server: Server, report: Report, name: str, wf: dict, timeout: float) -> None:
+def execute(api: Api, server: Server, wf: dict, timeout: float) -> tuple[dict | None, list[Path], float, str]:
+    """POST ``wf`` and wait: (history entry or None, files it wrote, seconds, error text for a failed run)."""
     before = files_under(server.output_dir)
     t0 = time.monotonic()
     prompt_id, err = submit(api, wf)
     if prompt_id is None:
-        report.add(f"workflow {name}", "fail", err)
-        return
+        return None, [], 0.0, err
     entry, err = wait_history(api, server, prompt_id, timeout)
     took = time.monotonic() - t0
     if entry is None:
-        report.add(f"workflow {name}", "fail", err)
-        return
+        return None, [], took, err
     st = entry.get("status", {})
     if st.get("status_str") != "success":
-        msgs = status_messages(entry)
-        error = msgs.get("execution_error", {})
+        error = status_messages(entry).get("execution_error", {})
         detail = (
             f"status {st.get('status_str')!r}; node {error.get('node_id')} ({error.get('node_type')}): "
             f"{error.get('exception_type')}: {error.get('exception_message')}\n"
             + "".join(error.get("traceback", []) or [])[-3000:]
         )
-        report.add(f"workflow {name}", "fail", detail)
+        return None, [], took, detail
+    return entry, sorted(files_under(server.output_dir) - before), took, ""
+
+
+def run_workflow(api: Api, server: Server, report: Report, name: str, wf: dict, timeout: float) -> None:
+    entry, new_files, took, err = execute(api, server, wf, timeout)
+    if entry is None:
+        report.add(f"workflow {name}", "fail", err)
         return
-    new_files = sorted(files_under(server.output_dir) - before)
     three_d = [p for p in new_files if p.suffix.lower() in OUTPUT_SUFFIXES]
     if not new_files:
         report.add(f"workflow {name}", "fail", f"succeeded in {took:.1f} s but wrote no file under the output dir")
@@ -627,6 +634,92 @@ def run_workflow(api: Api, server: Server, report: Report, name: str, wf: dict, 
     if others:
         detail += f"; other files: {', '.join(others)}"
     report.add(f"workflow {name}", "pass", detail)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# core splat type (ComfyUI 0.2x): our SPLAT output into core nodes and back
+
+CORE_SPLAT_NODES = ("SplatToFile3D", "TransformSplat", "SaveGLB")
+TINY_DECODER = "tiny-anysplat (untrained, tests only)"
+
+
+def core_splat_workflow(shift: float = 1.0) -> dict:
+    """Tiny sampler -> tiny decoder -> DecodeToSplats; its SPLAT saved by our SaveSplatPLY (``ours``), by core
+    SplatToFile3D + SaveGLB (``core``), and moved by core TransformSplat then saved by our SaveSplatPLY (``moved``)."""
+    sampler = {"lora": "none (base Wan)", "lora_strength": 1.0, "seed": 3, "steps": 2, "cfg": 5.0, "frames": 9,
+               "width": 64, "height": 64, "flow_shift": 5.0, "preset": "tiny", "tiny_prompt": "a red sports car"}
+    move = {f"translate_{a}": (shift if a == "x" else 0.0) for a in "xyz"}
+    move.update({f"rotate_{a}": 0.0 for a in "xyz"})
+    move.update({f"scale_{a}": 1.0 for a in "xyz"})
+    return {
+        "1": {"class_type": "WanVIST3ASampler", "inputs": sampler},
+        "2": {"class_type": "LoadStitchedDecoder", "inputs": {"decoder": TINY_DECODER, "dtype": "fp32", "device": "cpu"}},
+        "3": {"class_type": "DecodeToSplats", "inputs": {"decoder": ["2", 0], "samples": ["1", 0]}},
+        "4": {"class_type": "SaveSplatPLY",
+              "inputs": {"splats": ["3", 0], "filename_prefix": "e2e_core_splat/ours", "also_splat": False}},
+        "5": {"class_type": "SplatToFile3D", "inputs": {"splat": ["3", 0], "format": "ply"}},
+        "6": {"class_type": "SaveGLB", "inputs": {"mesh": ["5", 0], "filename_prefix": "e2e_core_splat/core"}},
+        "7": {"class_type": "TransformSplat", "inputs": {"splat": ["3", 0], **move}},
+        "8": {"class_type": "SaveSplatPLY",
+              "inputs": {"splats": ["7", 0], "filename_prefix": "e2e_core_splat/moved", "also_splat": False}},
+    }
+
+
+def compare_core_splat_files(files: list[Path], shift: float) -> str:
+    """The three PLYs of :func:`core_splat_workflow` describe the same Gaussians (core's PLY writer vs ours; core's
+    TransformSplat moved x by ``shift``). Returns a summary; raises AssertionError with the worst difference."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from vist3a.io import read_gaussians_ply
+
+    def one(tag: str):
+        found = [p for p in files if p.suffix == ".ply" and p.name.startswith(tag)]
+        assert len(found) == 1, f"expected one {tag}*.ply, got {[p.name for p in files]}"
+        return read_gaussians_ply(found[0])
+
+    ours, core, moved = one("ours"), one("core"), one("moved")
+    assert len(ours) == len(core) == len(moved) > 0, (len(ours), len(core), len(moved))
+    worst = {}
+    for f in ("means", "scales", "rotations", "opacities", "sh"):
+        a, b = getattr(ours, f), getattr(core, f)
+        if f == "rotations":  # q and -q are the same rotation
+            b = b * (a * b).sum(-1, keepdim=True).sign()
+        worst[f] = float((a - b).abs().max())
+        assert worst[f] <= 1e-4 * max(1.0, float(a.abs().max())), f"core PLY vs ours: {f} differs by {worst[f]:.3g}"
+    want = ours.means.clone()
+    want[:, 0] += shift
+    d_move = float((moved.means - want).abs().max())
+    assert d_move <= 1e-4 * max(1.0, float(want.abs().max())), f"TransformSplat translate_x: means off by {d_move:.3g}"
+    return (f"{len(ours)} Gaussians; core SplatToFile3D PLY vs our PLY max |diff| "
+            + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+            + f"; core TransformSplat -> our SaveSplatPLY: x moved by {shift}, max |diff| {d_move:.1e}")
+
+
+def check_core_splat(api: Api, server: Server, report: Report, object_info: dict, timeout: float) -> None:
+    name = "core SPLAT interop (DecodeToSplats -> core nodes -> our saver)"
+    missing = [n for n in CORE_SPLAT_NODES if n not in object_info]
+    out_type = (object_info.get("DecodeToSplats", {}).get("output") or [None])[0]
+    if missing:
+        if out_type != "VIST3A_SPLATS":
+            report.add(name, "fail", f"no core splat nodes but DecodeToSplats outputs {out_type!r}")
+        else:
+            report.add(name, "skip", f"this ComfyUI has no core splat type ({', '.join(missing)} missing); "
+                       "DecodeToSplats outputs VIST3A_SPLATS")
+        return
+    if out_type != "SPLAT":
+        report.add(name, "fail", f"core splat nodes present but DecodeToSplats outputs {out_type!r}, not 'SPLAT'")
+        return
+    shift = 1.0
+    entry, files, took, err = execute(api, server, core_splat_workflow(shift), timeout)
+    if entry is None:
+        report.add(name, "fail", err)
+        return
+    try:
+        detail = compare_core_splat_files(files, shift)
+    except AssertionError as exc:
+        report.add(name, "fail", str(exc))
+        return
+    report.add(name, "pass", f"{took:.1f} s; {detail}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -868,6 +961,8 @@ def run(
                 boosted, changed = boost_steps(prepared, object_info, interrupt_steps)
                 if boosted is not None:
                     steps_candidate = (name, boosted, changed)
+
+        check_core_splat(api, server, report, object_info, workflow_timeout)
 
         if interrupt:
             check_interrupt(
