@@ -57,6 +57,8 @@ from .data import (
     shard_indices,
     split_scenes,
 )
+from .plots import plot_layer_mse
+from .runtime import cleanup_distributed, init_distributed, rank_and_world
 
 __all__ = ["build_parser", "main", "parse_layers", "plot_layer_mse", "run", "write_outputs"]
 
@@ -154,21 +156,15 @@ def _build_vae(args, device, dtype):
 
 
 def _rank() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return rank_and_world()
 
 
-def _init_distributed() -> bool:
-    """Initialise the default process group from torchrun's environment when WORLD_SIZE > 1."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+def _init_distributed(device: str | None = None) -> bool:
+    """Initialise the default process group from torchrun's environment when WORLD_SIZE > 1 (see
+    :func:`training.runtime.init_distributed`); True when this call started it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or rank_and_world()[1] > 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    init_distributed(device)
     return True
 
 
@@ -179,83 +175,6 @@ def _collate(items):
 # ============================================================================================ outputs
 def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.9g}"
-
-
-def plot_layer_mse(path: str | os.PathLike, layers: Sequence[str], train: Sequence[float],
-                   heldout: Sequence[float | None] | None = None, best: str | None = None,
-                   title: str = "stitching MSE per layer") -> None:
-    """log10 MSE per layer (train blue, held-out orange, best layer ringed) as a PNG, drawn with PIL."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    width, height = 900, 480
-    left, right, top, bottom = 80, 20, 40, 90
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    series = [("train", train, (31, 119, 180))]
-    if heldout is not None and any(v is not None for v in heldout):
-        series.append(("held-out", heldout, (255, 127, 14)))
-    logs = [math.log10(v) for _, vals, _ in series for v in vals if v is not None and v > 0 and math.isfinite(v)]
-    lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
-    if hi - lo < 1e-6:
-        lo, hi = lo - 0.5, hi + 0.5
-    pad = 0.05 * (hi - lo)
-    lo, hi = lo - pad, hi + pad
-    pw, ph = width - left - right, height - top - bottom
-    n = len(layers)
-
-    def xpos(i: int) -> float:
-        return left + (pw * (i + 0.5) / n)
-
-    def ypos(v: float) -> float:
-        return top + ph * (hi - v) / (hi - lo)
-
-    draw.rectangle([left, top, left + pw, top + ph], outline="black")
-    # y ticks: ~6 "nice" steps in log10 units
-    raw = (hi - lo) / 6
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    t = math.ceil(lo / step) * step
-    while t <= hi + 1e-12:
-        y = ypos(t)
-        draw.line([left, y, left + pw, y], fill=(225, 225, 225))
-        draw.line([left - 5, y, left, y], fill="black")
-        draw.text((left - 8, y), f"{t:g}", fill="black", font=font, anchor="rm")
-        t += step
-    draw.text((8, top - 12), "log10 MSE", fill="black", font=font, anchor="lm")
-    # x ticks: layer labels (trailing number, the family below the axis)
-    every = max(1, math.ceil(n / 30))
-    families = list(dict.fromkeys(re.sub(r"_?\d+$", "", n) for n in layers))
-    for i, name in enumerate(layers):
-        x = xpos(i)
-        draw.line([x, top + ph, x, top + ph + 4], fill="black")
-        if i % every == 0:
-            m = re.search(r"(\d+)$", name)
-            label = (m.group(1) if m else name) if len(families) == 1 else (name[0] + m.group(1) if m else name)
-            draw.text((x, top + ph + 8), label, fill="black", font=font, anchor="mt")
-    legend = (f"{families[0]}_k" if len(families) == 1
-              else ", ".join(f"{f[0]}k = {f}_k" for f in families))
-    draw.text((left + pw / 2, top + ph + 28), f"layer k ({legend})", fill="black", font=font, anchor="mt")
-    draw.text((left + pw / 2, 14), title, fill="black", font=font, anchor="mt")
-    for k, (label, vals, color) in enumerate(series):
-        pts = [(xpos(i), ypos(math.log10(v))) for i, v in enumerate(vals)
-               if v is not None and v > 0 and math.isfinite(v)]
-        if len(pts) > 1:
-            draw.line(pts, fill=color, width=2)
-        for x, y in pts:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        lx, ly = left + 10 + 110 * k, top + ph + 52
-        draw.line([lx, ly, lx + 24, ly], fill=color, width=3)
-        draw.text((lx + 30, ly), label, fill="black", font=font, anchor="lm")
-    if best is not None and best in layers:
-        i = list(layers).index(best)
-        vals = series[-1][1]
-        if vals[i] is not None and vals[i] > 0:
-            x, y = xpos(i), ypos(math.log10(vals[i]))
-            draw.ellipse([x - 8, y - 8, x + 8, y + 8], outline=(214, 39, 40), width=2)
-            draw.text((left + 250, top + ph + 52), f"best: {best}", fill=(214, 39, 40), font=font, anchor="lm")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
 
 
 def write_outputs(out_dir: str | os.PathLike, result: SearchResult, meta: dict | None = None) -> list[Path]:
@@ -384,7 +303,7 @@ def run(args: argparse.Namespace) -> SearchResult | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    started = _init_distributed()
+    started = _init_distributed(args.device)
     try:
         result = run(args)
         if result is not None:
@@ -402,10 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         if started:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            cleanup_distributed()
 
 
 if __name__ == "__main__":

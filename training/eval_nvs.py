@@ -1,0 +1,413 @@
+"""Novel-view synthesis evaluation of a stitched decoder on RealEstate10K-style sequences (the paper's Table:
+8 context + 4 target views; PSNR / SSIM / LPIPS).
+
+Usage::
+
+    python -m training.eval_nvs --data /data/re10k_test --decoder HJGO/VIST3A/anysplat_stitched.pth \\
+        --vae-path Wan-AI/Wan2.1-T2V-1.3B-Diffusers --output runs/nvs
+
+    python -m training.eval_nvs --preset tiny --synthetic 2 --output /tmp/nvs      # smoke test, seconds on a CPU
+
+Data layout and view selection: :mod:`training.eval_data` (``ROOT/<sequence>/images/*.png`` + ``cameras.json``,
+optional ``ROOT/evaluation_index.json``; otherwise 8 evenly spaced context frames and 4 targets between them).
+
+Protocol, per sequence:
+
+1. The 8 context frames are loaded like the training clips (shorter side -> the video size, centre crop; the same
+   crop resized to the 3D-model size, 512 <-> 448) and padded to 4k+1 = 9 frames by repeating the last frame (the
+   Wan VAE needs 4k+1 frames).
+2. The VAE encodes the 9 video frames to a raw latent (``latent_dist.sample()`` with a per-sequence seed, the
+   official encoder setting; ``--latent mean`` for the mean). The stitched decoder reads that latent plus RGB frames
+   at the 3D size for its Gaussian head: the input frames themselves (``--head-frames input``, as
+   :class:`vist3a.pipeline.VideoTo3DPipeline` does) or their VAE round trip (``decoded``, as text-to-3D does). It
+   predicts pixel-aligned Gaussians and the 9 context cameras in its own normalised world frame.
+3. Target poses. AnySplat-style models predict cameras in their own frame (first camera at the origin, scene scale
+   normalised), so ground-truth target poses must be expressed in that frame. We align the 8 predicted context
+   cameras to the 8 ground-truth context cameras with a similarity transform (rotation = chordal mean of the
+   per-camera rotation offsets, scale and translation = least squares on the camera centres given that rotation,
+   :func:`training.eval_data.align_similarity`), and map the ground-truth target cameras through it. This uses only
+   context information (the targets never enter the network, so no target pixels leak into the Gaussians), works
+   for any decoder without running it twice, and is exact when the prediction is a similarity transform of the
+   ground truth. (AnySplat's own script instead predicts context + target poses in one joint forward pass; that
+   needs target images as network input and a 12 -> 13 frame clip, which a stitched decoder fed with a context-only
+   latent cannot share with its Gaussians. Rotation from the orientations rather than Umeyama on centres alone
+   keeps the alignment defined for RealEstate10K's often nearly collinear camera paths.) Targets use their
+   ground-truth intrinsics after the same crop / resize (``--target-intrinsics predicted``: the mean predicted
+   context intrinsics instead).
+4. The Gaussians are rendered at the mapped target cameras with :func:`vist3a.render.render` at the 3D-model size
+   (black background unless ``--background``) and compared with the target frames at that size.
+
+Metrics per target view (PSNR and SSIM of :mod:`training.metrics`, LPIPS v0.1 AlexNet when its weights are found
+locally; otherwise skipped with a note), averaged per sequence; the overall numbers are means over sequences of the
+per-sequence means (equal to means over views when every sequence has the same number of targets). Paper reference:
+AnySplat 20.85 / 0.695 / 0.238, Wan + AnySplat stitched 21.29 / 0.718 / 0.232.
+
+Writes into ``--output`` only, at the end, atomically (Ctrl-C leaves no partial file, exit code 130):
+``nvs_results.json`` (settings, per-sequence and overall metrics, per-view numbers, alignment scale) and
+``nvs_summary.md`` (a table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vist3a.cameras import Cameras
+from vist3a.io.atomic import atomic_write
+
+from .eval_data import (
+    INDEX_FILE,
+    PosedSequence,
+    align_similarity,
+    apply_similarity,
+    default_views,
+    find_sequences,
+    load_views,
+    pad_to_4k1,
+    read_index,
+    read_sequence,
+    write_synthetic_sequences,
+)
+from .metrics import load_lpips, psnr, ssim
+from .runtime import run_cli
+
+__all__ = ["add_model_arguments", "build_models", "build_parser", "evaluate", "main", "predict_scene",
+           "render_views", "summarise", "write_results"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_JSON = "nvs_results.json"
+SUMMARY_MD = "nvs_summary.md"
+METRICS = ("psnr", "ssim", "lpips")
+
+
+# ============================================================================================ models
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Decoder / VAE / device options shared by the evaluation scripts."""
+    g = p.add_argument_group("models")
+    g.add_argument("--preset", choices=("tiny",), default=None,
+                   help="tiny: tiny random Wan VAE + tiny stitched AnySplat (64 px video, 56 px 3D; smoke tests)")
+    g.add_argument("--decoder", default=None,
+                   help="stitched decoder: our folder / hub repo (save_decoder format) or a published VIST3A .pth "
+                        "(e.g. HJGO/VIST3A/anysplat_stitched.pth); default with no --preset: the published one")
+    g.add_argument("--base", default=None, help="base AnySplat for a published .pth (hub id / folder / weights file; "
+                                                "default lhjiang/anysplat)")
+    g.add_argument("--vae-path", default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                   help="Wan VAE: a diffusers pipeline folder / hub id (its vae/) or a VAE folder")
+    g.add_argument("--vae-kind", choices=("wan", "cogvideox"), default="wan")
+    g.add_argument("--latent", choices=("sample", "mean"), default="sample",
+                   help="encoder latent: a seeded sample (the official encoder setting) or the mean "
+                        "(default: %(default)s)")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="dtype of the decoder and VAE (metrics in float32)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the encoder samples (per sequence: seed + index)")
+
+
+def build_models(args: argparse.Namespace):
+    """(VAE adapter, stitched decoder, device) from the parsed options (see :func:`add_model_arguments`)."""
+    from vist3a.stitching.vae import load_video_vae, tiny_video_vae
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype)
+    sample = args.latent == "sample"
+    if args.preset == "tiny":
+        from vist3a.pipeline.presets import TINY_WARNING, tiny_decoder
+
+        logger.warning(TINY_WARNING)
+        vae = tiny_video_vae(args.vae_kind, seed=args.seed, sample=sample)
+        decoder = tiny_decoder(args.seed)
+    else:
+        from vist3a.pipeline.decoders import load_stitched_decoder
+
+        vae = load_video_vae(args.vae_kind, args.vae_path, dtype=dtype, sample=sample)
+        decoder = load_stitched_decoder(args.decoder, base=args.base)
+    vae.vae.to(device=device, **({} if dtype == torch.float32 else {"dtype": dtype}))
+    decoder = decoder.to(device=device, dtype=dtype).eval()
+    return vae, decoder, device
+
+
+def encode(vae, video: Tensor, seed: int) -> Tensor:
+    """Video frames (T, 3, S, S) in [0, 1] -> raw latent (1, C, T_lat, S/8, S/8) float32 (seeded sample / mean)."""
+    vae.generator = torch.Generator(vae.device).manual_seed(int(seed))
+    return vae.encode(video[None]).float()
+
+
+def decode_to(vae, raw: Tensor, size: tuple[int, int]) -> Tensor:
+    """Raw latent (1, C, T_lat, h, w) -> VAE-decoded frames (1, T, 3, *size) in [0, 1] (bilinear resize)."""
+    from vist3a.pipeline.wan import decode_frames, resize_frames
+
+    return resize_frames(decode_frames(vae.vae, raw), size)
+
+
+@torch.no_grad()
+def predict_scene(decoder, raw: Tensor, frames3d: Tensor):
+    """Stitched decoder on a raw latent (1, C, T_lat, h, w) and head frames (1, T, 3, H3, W3) in [0, 1] ->
+    its prediction (``.gaussians[0]`` for AnySplat, ``.cameras[0]`` T cameras, ``.depth`` (1, T, H3, W3))."""
+    param = next(decoder.parameters())
+    return decoder.predict(raw.to(device=param.device, dtype=param.dtype),
+                           frames3d.to(device=param.device, dtype=param.dtype))
+
+
+def render_views(gaussians, cameras: Cameras, background: Sequence[float] | None = None) -> Tensor:
+    """Render float32 Gaussians at ``cameras`` -> images (V, 3, H, W) in [0, 1]."""
+    from vist3a.render import render
+
+    g = gaussians.to(dtype=torch.float32) if hasattr(gaussians, "to") else gaussians
+    cams = cameras.to(device=g.means.device, dtype=torch.float32)
+    bg = None if background is None else torch.tensor(list(background), dtype=torch.float32, device=g.means.device)
+    with torch.no_grad():
+        out = render(g, cams, background=bg)
+    return out.rgb.permute(0, 3, 1, 2).clamp(0, 1)
+
+
+# ============================================================================================ evaluation
+def map_targets(pred_context: Cameras, gt_context: Cameras, gt_target: Cameras, intrinsics: str = "gt"
+                ) -> tuple[Cameras, dict[str, Any]]:
+    """Ground-truth target cameras expressed in the predicted frame (see the module docstring, step 3).
+
+    ``pred_context`` (V) and ``gt_context`` (V) are the same context views (same image size); returns the mapped
+    targets (float32) and alignment info (scale, mean context centre residual in predicted units). ``intrinsics``:
+    ``"gt"`` keeps the targets' ground-truth intrinsics; ``"predicted"`` uses the mean predicted context intrinsics
+    (one physical camera per sequence, as on RealEstate10K)."""
+    if len(pred_context) != len(gt_context):
+        raise ValueError(f"map_targets: {len(pred_context)} predicted vs {len(gt_context)} ground-truth context cameras")
+    s, r, t = align_similarity(gt_context.c2w, pred_context.c2w)
+    mapped_ctx = apply_similarity(gt_context.c2w.double(), s, r, t)
+    resid = (mapped_ctx[:, :3, 3] - pred_context.c2w.double()[:, :3, 3]).norm(dim=-1).mean()
+    c2w = apply_similarity(gt_target.c2w.double(), s, r, t).float()
+    if intrinsics == "gt":
+        K = gt_target.K.float()
+    elif intrinsics == "predicted":
+        K = pred_context.K.float().mean(0).expand(len(gt_target), 3, 3).clone()
+    else:
+        raise ValueError(f"map_targets: intrinsics must be 'gt' or 'predicted', got {intrinsics!r}")
+    cams = Cameras(c2w, K, gt_target.width, gt_target.height)
+    return cams, {"scale": s, "context_center_residual": float(resid)}
+
+
+def evaluate_sequence(seq: PosedSequence, context: Sequence[int], target: Sequence[int], vae, decoder, *,
+                      vae_size: int, model_size: int, seed: int, head_frames: str = "input",
+                      background: Sequence[float] | None = None, lpips=None, target_intrinsics: str = "gt"
+                      ) -> dict[str, Any]:
+    """One sequence -> {"context", "target", "padded_context", per-view and mean metrics, alignment}."""
+    padded = pad_to_4k1(list(context))
+    video, model_frames, gt_ctx = load_views(seq, padded, vae_size, model_size)
+    _, target_frames, gt_tgt = load_views(seq, target, vae_size, model_size)
+    raw = encode(vae, video, seed)
+    if head_frames == "decoded":
+        heads = decode_to(vae, raw, (model_size, model_size))
+    else:
+        heads = model_frames[None]
+    pred = predict_scene(decoder, raw, heads)
+    if not hasattr(pred, "gaussians"):
+        raise ValueError(f"eval_nvs: the {decoder.kind} decoder predicts no Gaussians; novel-view synthesis needs a "
+                         "stitched AnySplat decoder")
+    pred_cams = pred.cameras[0].to(device="cpu", dtype=torch.float64)
+    n = len(context)
+    targets, align = map_targets(pred_cams[:n], gt_ctx[:n], gt_tgt, target_intrinsics)
+    renders = render_views(pred.gaussians[0], targets, background)
+    gt = target_frames.to(renders.device)
+    views = {"psnr": psnr(renders, gt).tolist(), "ssim": ssim(renders, gt).tolist()}
+    if lpips is not None:
+        dev = next(lpips.parameters()).device
+        with torch.no_grad():
+            views["lpips"] = lpips(renders.to(dev), gt.to(dev)).float().cpu().tolist()
+    means = {k: _mean(v) for k, v in views.items()}
+    return {"sequence": seq.name, "context": list(context), "padded_context": padded, "target": list(target),
+            "views": views, "metrics": means, "alignment": align}
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean of the non-NaN values (inf when one is inf: the PSNR of identical images); NaN when none."""
+    vals = [float(v) for v in values if not math.isnan(float(v))]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def summarise(per_sequence: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Overall means over sequences of the per-sequence means, per metric present."""
+    out: dict[str, Any] = {"sequences": len(per_sequence), "views": sum(len(r["target"]) for r in per_sequence)}
+    for k in METRICS:
+        vals = [r["metrics"][k] for r in per_sequence if k in r["metrics"]]
+        out[k] = _mean(vals) if vals else None
+    return out
+
+
+def plan(root: str | Path, context: int, target: int, index_path: str | None, limit: int | None
+         ) -> list[tuple[PosedSequence, list[int], list[int]]]:
+    """Sequences with their context / target frame ids (index file if given or present, else evenly spaced)."""
+    root = Path(root)
+    folders = find_sequences(root)
+    index_file = Path(index_path) if index_path else (root / INDEX_FILE if (root / INDEX_FILE).is_file() else None)
+    index = read_index(index_file) if index_file is not None else None
+    jobs = []
+    for folder in folders:
+        if index is not None:
+            entry = index.get(folder.name)
+            if entry is None:
+                continue
+            ctx, tgt = entry["context"], entry["target"]
+        else:
+            ctx = tgt = None
+        seq = read_sequence(folder)
+        if ctx is None:
+            ctx, tgt = default_views(len(seq), context, target)
+        if len(ctx) < 2 or not tgt:
+            raise ValueError(f"sequence {seq.name}: needs at least 2 context and 1 target view, got {len(ctx)} and "
+                             f"{len(tgt)}")
+        jobs.append((seq, list(ctx), list(tgt)))
+        if limit and len(jobs) >= limit:
+            break
+    if not jobs:
+        raise ValueError(f"no sequence to evaluate under {root}"
+                         + (f" (the index {index_file} selects none of them)" if index_file else ""))
+    return jobs
+
+
+def evaluate(args: argparse.Namespace, data_root: str | Path) -> dict[str, Any]:
+    """Run the evaluation; returns the report written by :func:`write_results`."""
+    from tqdm import tqdm
+
+    vae, decoder, device = build_models(args)
+    vae_size = args.vae_size or (64 if args.preset == "tiny" else 512)
+    model_size = decoder.model_size_for((vae_size, vae_size))[0]
+    jobs = plan(data_root, args.context, args.target, args.index, args.limit)
+    lpips, note = None, None
+    if not args.no_lpips:
+        lpips = load_lpips(args.lpips_net, device=device)
+        if lpips is None:
+            note = (f"LPIPS skipped: {args.lpips_net} weights not found locally (see training/metrics.py "
+                    "load_lpips)")
+    else:
+        note = "LPIPS skipped (--no-lpips)"
+    results = []
+    t0 = time.perf_counter()
+    for i, (seq, ctx, tgt) in enumerate(tqdm(jobs, desc="nvs", unit="seq", disable=args.quiet)):
+        r = evaluate_sequence(seq, ctx, tgt, vae, decoder, vae_size=vae_size, model_size=model_size,
+                              seed=args.seed + i, head_frames=args.head_frames, background=args.background,
+                              lpips=lpips, target_intrinsics=args.target_intrinsics)
+        logger.info("%s: %s", seq.name, ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items()))
+        results.append(r)
+    overall = summarise(results)
+    settings = {"data": str(data_root), "decoder": "tiny" if args.preset == "tiny" else (args.decoder or "published"),
+                "vae": "tiny" if args.preset == "tiny" else args.vae_path, "vae_size": vae_size,
+                "model_size": model_size, "context": args.context, "target": args.target, "latent": args.latent,
+                "head_frames": args.head_frames, "background": list(args.background or (0.0, 0.0, 0.0)),
+                "seed": args.seed, "protocol": "similarity alignment of predicted to GT context cameras; GT target "
+                "poses mapped into the predicted frame", "target_intrinsics": args.target_intrinsics,
+                "lpips_net": args.lpips_net,
+                "seconds": time.perf_counter() - t0}
+    return {"settings": settings, "overall": overall, "sequences": results, "notes": [note] if note else []}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """Markdown table: one row per sequence, then the overall mean."""
+    lines = ["# Novel-view synthesis", "", "| sequence | views | PSNR | SSIM | LPIPS |", "| --- | --- | --- | --- | --- |"]
+    for r in report["sequences"]:
+        m = r["metrics"]
+        lines.append(f"| {r['sequence']} | {len(r['target'])} | {_fmt(m.get('psnr'))} | {_fmt(m.get('ssim'))} | "
+                     f"{_fmt(m.get('lpips'))} |")
+    o = report["overall"]
+    lines.append(f"| **mean** | {o['views']} | {_fmt(o['psnr'])} | {_fmt(o['ssim'])} | {_fmt(o['lpips'])} |")
+    lines += [""] + [f"Note: {n}" for n in report.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    """Strict JSON (inf -> "inf", NaN -> null), written atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        json.dump(_json_safe(obj), fh, indent=2, allow_nan=False)
+        fh.write("\n")
+
+
+def write_results(out_dir: str | Path, report: dict[str, Any]) -> list[Path]:
+    """``nvs_results.json`` + ``nvs_summary.md`` into ``out_dir`` (atomically). Returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RESULTS_JSON, report)
+    with atomic_write(out / SUMMARY_MD, "w", encoding="utf-8") as fh:
+        fh.write(summary_table(report))
+    return [out / RESULTS_JSON, out / SUMMARY_MD]
+
+
+# ============================================================================================ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.eval_nvs", description=__doc__.split("\n\n")[0],
+                                epilog="Protocol details: see the module docstring of training/eval_nvs.py.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--data", default=None, help="RE10K-style root: ROOT/<sequence>/{images/,cameras.json}")
+    d.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="evaluate N synthetic sequences with known cameras (written under --output/synthetic_data)")
+    d.add_argument("--index", default=None, help=f"evaluation index JSON (default: ROOT/{INDEX_FILE} if present, "
+                                                  "else evenly spaced views)")
+    d.add_argument("--context", type=int, default=8, help="context views without an index (default 8)")
+    d.add_argument("--target", type=int, default=4, help="target views without an index (default 4)")
+    d.add_argument("--limit", type=int, default=None, help="evaluate at most this many sequences")
+    d.add_argument("--vae-size", type=int, default=None, help="video frame size (default 512; tiny 64); the 3D size "
+                                                              "follows (x14/16)")
+    add_model_arguments(p)
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--head-frames", choices=("input", "decoded"), default="input",
+                   help="RGB for the Gaussian head: the context frames (default) or their VAE round trip")
+    e.add_argument("--background", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help="render background in [0, 1] (default black)")
+    e.add_argument("--target-intrinsics", choices=("gt", "predicted"), default="gt",
+                   help="target intrinsics: ground truth (default) or the mean predicted context intrinsics")
+    e.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    e.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
+    p.add_argument("--output", required=True, help="output folder (nothing is written elsewhere)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def work() -> None:
+        if bool(args.data) == bool(args.synthetic):
+            raise ValueError("pass exactly one of --data ROOT or --synthetic N")
+        if args.preset is None and args.decoder is None:
+            logger.info("no --decoder: using the published HJGO/VIST3A/anysplat_stitched.pth")
+        root = args.data
+        if args.synthetic:
+            size = args.vae_size or (64 if args.preset == "tiny" else 512)
+            root = Path(args.output) / "synthetic_data"
+            frames = max(16, args.context + args.target + 4)
+            write_synthetic_sequences(root, args.synthetic, frames, size, width=size + size // 4, seed=args.seed)
+        report = evaluate(args, root)
+        paths = write_results(args.output, report)
+        o = report["overall"]
+        logger.info("overall over %d sequences: PSNR %s, SSIM %s, LPIPS %s; wrote %s", o["sequences"],
+                    _fmt(o["psnr"]), _fmt(o["ssim"]), _fmt(o["lpips"]), ", ".join(str(p) for p in paths))
+
+    return run_cli(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

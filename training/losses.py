@@ -1,0 +1,223 @@
+"""Self-supervised stitched-decoder loss: weighted L1 between the stitched decoder's outputs (on Wan latents) and the
+frozen original 3D model's outputs (on the real frames), the VIST3A finetuning objective.
+
+Every term is a mean absolute error over all elements (``mean |pred - target|``), computed in float32; the total is
+``sum_k weight_k * term_k``. Only outputs that BOTH dicts hold are compared (a term whose source is missing from
+either side is skipped, never zero-filled).
+
+Output names -> terms (the paper's names on the left; our forward-dict names, see ``vist3a.models.anysplat`` /
+``vist3a.models.vggt``):
+
+AnySplat (:class:`AnySplatLossWeights`):
+
+==================  =============================================  ======
+term                source                                         weight
+==================  =============================================  ======
+depth               ``depth`` (B, V, H, W, 1)                      1
+depth_grad          ``depth``: finite differences over 4 scales     0.005
+means               ``gaussians[b].means`` (N, 3)                  1
+covariances         ``gaussians[b].covariances`` (N, 3, 3)         1
+harmonics           ``gaussians[b].harmonics`` (N, 3, K)           1
+opacities           ``gaussians[b].opacities`` (N,)                1
+rotations           ``gaussians[b].rotations`` (N, 4) xyzw          1
+scales              ``gaussians[b].scales`` (N, 3)                 10
+conf                ``gs_conf`` (B, V, H, W) Gaussian-head conf.   0.01
+depth_conf          ``depth_conf`` (B, V, H, W)                    0.01
+anchor_feats        ``anchor_feats`` (B, V, 1+7+3K, H, W)          0.1
+extrinsics          ``extrinsic`` (B, V, 3, 4) world-to-camera     1
+intrinsics          ``intrinsic_normalized`` (B, V, 3, 3)          1
+pose_enc            ``pose_enc_list`` (iters, B, V, 9)             1
+==================  =============================================  ======
+
+Mapping choices: "conf" is the Gaussian head's confidence channel (``gs_conf``; the depth head's is ``depth_conf``);
+"intrinsics" are AnySplat's normalised intrinsics (its ``pred_context_pose`` intrinsics, focal / image size) rather
+than the pixel ones, so the term does not scale with the resolution; "pose encodings" covers every camera-head
+refinement iteration (``pose_enc_list``, whose last entry is ``pose_enc``). Not compared (redundant): ``c2w`` (the
+inverse of ``extrinsic``), ``world_points`` (the Gaussian means), ``intrinsic`` (pixels), ``scene_scale``.
+Gaussians are compared per pixel, which needs ``config.voxelize = False`` (the training setting): with voxel fusion
+the two models give different Gaussian counts and :func:`stitched_loss` raises.
+
+VGGT (:class:`VGGTLossWeights`): pose 5 (``pose_enc_list``), depth 1, world_points 1, confidences 5e-3
+(``depth_conf``, ``world_points_conf``), gradient terms 5e-3 (``depth_grad``, ``world_points_grad``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "GAUSSIAN_FIELDS",
+    "AnySplatLossWeights",
+    "VGGTLossWeights",
+    "gaussian_l1",
+    "gradient_l1",
+    "l1",
+    "loss_weights",
+    "stitched_loss",
+]
+
+#: GaussianAdapterOutput fields compared by the AnySplat loss.
+GAUSSIAN_FIELDS = ("means", "covariances", "harmonics", "opacities", "rotations", "scales")
+
+
+@dataclass(frozen=True)
+class AnySplatLossWeights:
+    """Paper weights for stitched AnySplat (see the module docstring for each term's source)."""
+
+    depth: float = 1.0
+    depth_grad: float = 0.005
+    means: float = 1.0
+    covariances: float = 1.0
+    harmonics: float = 1.0
+    opacities: float = 1.0
+    rotations: float = 1.0
+    scales: float = 10.0
+    conf: float = 0.01
+    depth_conf: float = 0.01
+    anchor_feats: float = 0.1
+    extrinsics: float = 1.0
+    intrinsics: float = 1.0
+    pose_enc: float = 1.0
+
+    #: term -> (output name, how): "l1" plain, "grad" multi-scale gradient L1, "gaussian" a Gaussian field
+    SOURCES: ClassVar[dict[str, tuple[str, str]]] = {
+        "depth": ("depth", "l1"), "depth_grad": ("depth", "grad"),
+        **{f: ("gaussians", "gaussian") for f in GAUSSIAN_FIELDS},
+        "conf": ("gs_conf", "l1"), "depth_conf": ("depth_conf", "l1"), "anchor_feats": ("anchor_feats", "l1"),
+        "extrinsics": ("extrinsic", "l1"), "intrinsics": ("intrinsic_normalized", "l1"),
+        "pose_enc": ("pose_enc_list", "l1"),
+    }
+
+    def items(self) -> list[tuple[str, float]]:
+        """(term, weight) in a fixed order (the field order)."""
+        return list(asdict(self).items())
+
+
+@dataclass(frozen=True)
+class VGGTLossWeights:
+    """Paper weights for stitched VGGT: pose 5, depth / points 1, confidences 5e-3, gradient terms 5e-3."""
+
+    pose_enc: float = 5.0
+    depth: float = 1.0
+    world_points: float = 1.0
+    depth_conf: float = 5e-3
+    world_points_conf: float = 5e-3
+    depth_grad: float = 5e-3
+    world_points_grad: float = 5e-3
+
+    SOURCES: ClassVar[dict[str, tuple[str, str]]] = {
+        "pose_enc": ("pose_enc_list", "l1"), "depth": ("depth", "l1"), "world_points": ("world_points", "l1"),
+        "depth_conf": ("depth_conf", "l1"), "world_points_conf": ("world_points_conf", "l1"),
+        "depth_grad": ("depth", "grad"), "world_points_grad": ("world_points", "grad"),
+    }
+
+    def items(self) -> list[tuple[str, float]]:
+        return list(asdict(self).items())
+
+
+def loss_weights(kind: str) -> AnySplatLossWeights | VGGTLossWeights:
+    """Default (paper) weights for ``"anysplat"`` or ``"vggt"``."""
+    if kind == "anysplat":
+        return AnySplatLossWeights()
+    if kind == "vggt":
+        return VGGTLossWeights()
+    raise ValueError(f"loss_weights: unknown model kind {kind!r}; use 'anysplat' or 'vggt'")
+
+
+# ============================================================================================ terms
+def _check_shapes(name: str, pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"stitched loss: {name} has shape {tuple(pred.shape)} in the stitched decoder but "
+                         f"{tuple(target.shape)} in the original model; both must see the same views and the same "
+                         "3D-model resolution")
+
+
+def l1(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over all elements (float32 scalar). Shapes must match."""
+    _check_shapes("l1", pred, target)
+    return (pred.float() - target.float()).abs().mean()
+
+
+def _as_images(x: Tensor) -> Tensor:
+    """(B, V, H, W) or (B, V, H, W, C) -> (B*V, C, H, W)."""
+    if x.dim() == 4:
+        return x.reshape(-1, 1, *x.shape[-2:])
+    if x.dim() == 5:
+        return x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
+    raise ValueError(f"gradient_l1: expected (B, V, H, W) or (B, V, H, W, C) maps, got {tuple(x.shape)}")
+
+
+def gradient_l1(pred: Tensor, target: Tensor, scales: int = 4) -> Tensor:
+    """Multi-scale gradient-matching L1 for per-pixel maps (B, V, H, W[, C]).
+
+    At scale s (0..scales-1) both maps are average-pooled by 2**s; the horizontal and vertical finite differences
+    (x[..., 1:] - x[..., :-1]) of prediction and target are compared with a mean absolute error. The result is the
+    mean over the scales used of (L1 of d/dx + L1 of d/dy); scales whose map would be smaller than 2 px are skipped.
+    Invariant to a constant offset of either map.
+    """
+    _check_shapes("gradient_l1", pred, target)
+    p, t = _as_images(pred.float()), _as_images(target.float())
+    total, used = p.new_zeros(()), 0
+    for s in range(scales):
+        if s:
+            k = 2 ** s
+            if min(p.shape[-2:]) // k < 2:
+                break
+            ps, ts = F.avg_pool2d(p, k), F.avg_pool2d(t, k)
+        else:
+            ps, ts = p, t
+        dx = (ps[..., :, 1:] - ps[..., :, :-1]) - (ts[..., :, 1:] - ts[..., :, :-1])
+        dy = (ps[..., 1:, :] - ps[..., :-1, :]) - (ts[..., 1:, :] - ts[..., :-1, :])
+        total = total + dx.abs().mean() + dy.abs().mean()
+        used += 1
+    return total / max(used, 1)
+
+
+def gaussian_l1(pred: list, target: list, field: str) -> Tensor:
+    """L1 of one :class:`~vist3a.models.heads.GaussianAdapterOutput` field over the batch: ``pred`` / ``target``
+    are lists (one per batch item) of Gaussians with per-pixel correspondence (same count N)."""
+    if len(pred) != len(target):
+        raise ValueError(f"stitched loss: {len(pred)} vs {len(target)} Gaussian sets (batch sizes differ)")
+    a = [getattr(g, field) for g in pred]
+    b = [getattr(g, field) for g in target]
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            raise ValueError(f"stitched loss: Gaussian {field} {tuple(x.shape)} vs {tuple(y.shape)}; per-pixel "
+                             "comparison needs the same views and resolution and config.voxelize = False")
+    return l1(torch.cat([x.reshape(-1) for x in a]), torch.cat([y.reshape(-1) for y in b]))
+
+
+def stitched_loss(pred: dict[str, Any], target: dict[str, Any], weights: AnySplatLossWeights | VGGTLossWeights
+                  ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted L1 between the stitched decoder's forward dict ``pred`` and the original model's ``target``.
+
+    Returns ``(total, terms)``: ``total`` a float32 scalar with grad (through ``pred``), ``terms`` the UNWEIGHTED
+    term values by name (module docstring), in the weights' order, for the terms both dicts could provide; terms
+    with weight 0 are computed for logging but add nothing.
+
+    Raises:
+        ValueError: no term could be computed, or shapes disagree.
+    """
+    terms: dict[str, Tensor] = {}
+    total = None
+    for name, w in weights.items():
+        source, how = weights.SOURCES[name]
+        if source not in pred or source not in target:
+            continue
+        if how == "l1":
+            value = l1(pred[source], target[source])
+        elif how == "grad":
+            value = gradient_l1(pred[source], target[source])
+        else:
+            value = gaussian_l1(pred[source], target[source], name)
+        terms[name] = value
+        total = value * w if total is None else total + value * w
+    if total is None:
+        raise ValueError(f"stitched loss: no common outputs (stitched decoder gave {sorted(pred)}, original model "
+                         f"{sorted(target)})")
+    return total, terms
