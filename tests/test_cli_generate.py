@@ -128,3 +128,31 @@ def test_readme_main_command_runs_tiny_generate(tmp_path, monkeypatch):
     assert main(words[3:] + ["--no-progress"]) == 0
     out = words[words.index("-o") + 1]
     assert [p.name for p in tmp_path.iterdir()] == [out]
+
+
+def test_tiny_preset_takes_tiny_trained_decoder_and_lora(tmp_path, monkeypatch, single_thread):
+    """What the training scripts export for the tiny models (a decoder folder, a PEFT adapter folder) plugs into
+    `vist3a generate --preset tiny --decoder ... --lora ...` and changes the result."""
+    from peft import LoraConfig, get_peft_model
+
+    from vist3a.pipeline.presets import tiny_decoder, tiny_wan_pipeline
+    from vist3a.stitching import save_decoder
+
+    dec = tiny_decoder(0)
+    with torch.no_grad():
+        dec.stitching.bias.add_(0.5)
+    save_decoder(dec, tmp_path / "decoder", video_size=64)
+    transformer = tiny_wan_pipeline(0).transformer
+    peft = get_peft_model(transformer, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                                                  target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    peft.save_pretrained(str(tmp_path / "lora"))
+    monkeypatch.chdir(tmp_path)
+    base = ["generate", "a red sports car", "--preset", "tiny", "--no-progress", "--seed", "1"]
+    assert main([*base, "-o", "plain.ply"]) == 0
+    assert main([*base, "--decoder", "decoder", "-o", "dec.ply"]) == 0
+    assert main([*base, "--lora", "lora", "-o", "lora.ply"]) == 0
+    plain, with_dec, with_lora = (load_gaussians(tmp_path / f) for f in ("plain.ply", "dec.ply", "lora.ply"))
+    assert len(plain) == len(with_dec) == len(with_lora)
+    assert not torch.allclose(plain.means, with_dec.means) and not torch.allclose(plain.means, with_lora.means)
+    assert main([*base, "--decoder", "missing_folder", "-o", "x.ply"]) == 2
+    assert not (tmp_path / "x.ply").exists()

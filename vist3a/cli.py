@@ -208,7 +208,8 @@ def _check_preset(args: argparse.Namespace, model_flags: tuple[str, ...]) -> Non
     if args.preset == "tiny":
         given = [f"--{f.replace('_', '-')}" for f in model_flags if getattr(args, f, None) is not None]
         if given:
-            raise ValueError(f"--preset tiny builds its own random models; drop {', '.join(given)}")
+            raise ValueError(f"--preset tiny builds its own tiny models; drop {', '.join(given)} (--decoder / --lora "
+                             "may name a decoder / adapter trained on the tiny models)")
 
 
 def _write_scene(scene, outs: dict[str, Path], sh_degree: int | None) -> None:
@@ -247,9 +248,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps {args.steps}: must be >= 1 (published: 50)")
     device, dtype, dec_dtype = _runtime(args)
-    _check_preset(args, ("wan", "decoder", "lora", "base"))
+    _check_preset(args, ("wan", "base"))
     if args.preset == "tiny":
-        pipe = TextTo3DPipeline.tiny(seed=0)
+        pipe = TextTo3DPipeline.tiny(seed=0, decoder=args.decoder, lora=args.lora)
         if device != "cpu":
             pipe.to(device)
     else:
@@ -287,9 +288,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     outs = _outputs(args)
     size = _check_sizes(args)
     device, dtype, dec_dtype = _runtime(args)
-    _check_preset(args, ("wan", "decoder", "base"))
+    _check_preset(args, ("wan", "base"))
     if args.preset == "tiny":
-        pipe = VideoTo3DPipeline.tiny(seed=0)
+        pipe = VideoTo3DPipeline.tiny(seed=0, decoder=args.decoder)
     else:
         pipe = VideoTo3DPipeline.from_pretrained(wan=args.wan or "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                                                  decoder=args.decoder, base=args.base, dtype=dtype,

@@ -98,11 +98,20 @@ class TextTo3DPipeline:
         return cls(pipe, dec, settings)
 
     @classmethod
-    def tiny(cls, seed: int = 0, decoder_kind: str = "anysplat") -> TextTo3DPipeline:
-        """``--preset tiny``: tiny random models, 64x64 video, 9 frames, 4 steps; CPU, offline, seconds."""
+    def tiny(cls, seed: int = 0, decoder_kind: str = "anysplat", decoder: str | Path | None = None,
+             lora: str | Path | None = None) -> TextTo3DPipeline:
+        """``--preset tiny``: tiny random models, 64x64 video, 9 frames, 4 steps; CPU, offline, seconds.
+
+        ``decoder`` / ``lora``: a decoder folder and a PEFT adapter folder trained on the tiny models (e.g. by
+        ``training/train_stitched_decoder.py`` / ``training/align_drtune.py`` with ``--preset tiny`` and the same
+        ``seed``) replace the random decoder / are applied to the tiny transformer."""
         from .presets import TINY_SETTINGS, tiny_decoder, tiny_wan_pipeline
 
-        return cls(tiny_wan_pipeline(seed), tiny_decoder(seed, decoder_kind), TINY_SETTINGS, untrained=True)
+        wan = tiny_wan_pipeline(seed)
+        if lora is not None:
+            wan.transformer = load_vist3a_lora(wan.transformer, lora)
+        dec = tiny_decoder(seed, decoder_kind) if decoder is None else load_stitched_decoder(decoder)
+        return cls(wan, dec, TINY_SETTINGS, untrained=True)
 
     # ------------------------------------------------------------------------------------------ placement
     def to(self, device: str | torch.device) -> TextTo3DPipeline:

@@ -53,14 +53,15 @@ class VideoTo3DPipeline:
         return cls(load_wan_vae(wan, dtype), load_stitched_decoder(decoder, base=base, dtype=decoder_dtype), **kwargs)
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> VideoTo3DPipeline:
-        """Tiny random Wan VAE + tiny stitched AnySplat; 64x64 video, 9 frames (plumbing only)."""
+    def tiny(cls, seed: int = 0, decoder: str | Path | None = None) -> VideoTo3DPipeline:
+        """Tiny random Wan VAE + tiny stitched AnySplat (or ``decoder``, a decoder folder trained on the tiny
+        models); 64x64 video, 9 frames (plumbing only)."""
         from ..stitching.vae import tiny_video_vae
         from .presets import TINY_SETTINGS, tiny_decoder
 
         s = TINY_SETTINGS
-        return cls(tiny_video_vae("wan", seed=seed).vae, tiny_decoder(seed), s.num_frames, s.height, s.width,
-                   untrained=True)
+        dec = tiny_decoder(seed) if decoder is None else load_stitched_decoder(decoder)
+        return cls(tiny_video_vae("wan", seed=seed).vae, dec, s.num_frames, s.height, s.width, untrained=True)
 
     def to(self, device: str | torch.device) -> VideoTo3DPipeline:
         self.vae.to(device)
