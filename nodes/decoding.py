@@ -246,6 +246,7 @@ def _depth_image(depth: torch.Tensor) -> torch.Tensor:
 
 # ============================================================================================ nodes
 _DECODER_IN = (DECODER, _tip("Stitched decoder from VIST3A Load Stitched Decoder."))
+_LATENT_IN = ("LATENT", _tip("Wan 2.1 video latent (raw VAE space, as every ComfyUI sampler returns)."))
 _VAE_IN = ("VAE", _tip("The Wan 2.1 VAE (VAELoader wan_2.1_vae): decodes the frames the AnySplat heads read. "
                        "Optional for VGGT decoders and for the tiny test decoder."))
 
@@ -264,7 +265,7 @@ class DecodeToSplats:
     def INPUT_TYPES(cls):
         return {"required": {
             "decoder": _DECODER_IN,
-            "samples": ("LATENT", _tip("Wan 2.1 video latent (raw VAE space, as every ComfyUI sampler returns).")),
+            "samples": _LATENT_IN,
         }, "optional": {"vae": _VAE_IN}}
 
     def decode(self, decoder, samples, vae=None):
@@ -293,7 +294,7 @@ class DecodeToPointmap:
     def INPUT_TYPES(cls):
         return {"required": {
             "decoder": _DECODER_IN,
-            "samples": ("LATENT", _tip("Wan 2.1 video latent (raw VAE space, as every ComfyUI sampler returns).")),
+            "samples": _LATENT_IN,
             "confidence_threshold": ("FLOAT", _tip("Drop points whose confidence is below this value (0 keeps all).",
                                                    default=0.0, min=0.0, max=1000.0, step=0.01)),
             "drop_percentile": ("FLOAT", _tip("Also drop this percentage of the least confident points (0-99).",

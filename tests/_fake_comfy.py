@@ -104,3 +104,35 @@ def install(root) -> types.SimpleNamespace:
 def uninstall() -> None:
     for name in NAMES:
         sys.modules.pop(name, None)
+
+
+CORE_API = ("comfy_api", "comfy_api.latest")
+
+
+def reload_nodes() -> None:
+    """Re-import the node modules so their socket types see the ComfyUI modules installed right now."""
+    import importlib
+
+    import nodes
+    import nodes.decoding
+    import nodes.splat_types
+
+    for mod in (nodes.splat_types, nodes.decoding, nodes):
+        importlib.reload(mod)
+
+
+def install_core_splat(splat_class: type) -> None:
+    """A ``comfy_api.latest`` exposing ``Types.SPLAT = splat_class`` (a ComfyUI with the core splat type), then the
+    node modules re-imported. Undo with :func:`uninstall_core_splat`."""
+    latest = types.ModuleType("comfy_api.latest")
+    latest.Types = types.SimpleNamespace(SPLAT=splat_class)
+    api = types.ModuleType("comfy_api")
+    api.latest = latest
+    sys.modules.update(dict(zip(CORE_API, (api, latest))))
+    reload_nodes()
+
+
+def uninstall_core_splat() -> None:
+    for name in CORE_API:
+        sys.modules.pop(name, None)
+    reload_nodes()

@@ -5,9 +5,7 @@ The core class is stood in for by a class with core's constructor and fields (``
 geometry_types.py``: positions, scales, rotations, opacities, sh, counts); the real-ComfyUI run is
 scripts/comfyui_e2e.py against a ComfyUI that has the type."""
 
-import importlib
 import sys
-import types
 from pathlib import Path
 
 import _fake_comfy
@@ -43,24 +41,11 @@ def core_comfy(tmp_path):
     """Fake ComfyUI modules + a ``comfy_api.latest`` exposing ``Types.SPLAT``; the node modules are re-imported
     so their socket types see it, and re-imported again afterwards without it."""
     state = _fake_comfy.install(tmp_path)
-    api = types.ModuleType("comfy_api")
-    latest = types.ModuleType("comfy_api.latest")
-    latest.Types = types.SimpleNamespace(SPLAT=CoreSPLAT)
-    api.latest = latest
-    sys.modules.update({"comfy_api": api, "comfy_api.latest": latest})
+    _fake_comfy.install_core_splat(CoreSPLAT)
     import nodes
-    import nodes.decoding
-    import nodes.splat_types
 
-    importlib.reload(nodes.splat_types)
-    importlib.reload(nodes.decoding)
-    importlib.reload(nodes)
     yield state, nodes.NODE_CLASS_MAPPINGS
-    for name in ("comfy_api", "comfy_api.latest"):
-        sys.modules.pop(name, None)
-    importlib.reload(nodes.splat_types)
-    importlib.reload(nodes.decoding)
-    importlib.reload(nodes)
+    _fake_comfy.uninstall_core_splat()
     _fake_comfy.uninstall()
 
 
@@ -78,11 +63,10 @@ def test_socket_types_follow_the_running_comfyui():
 def test_without_core_type_our_container_is_used(tmp_path):
     _fake_comfy.install(tmp_path)
     try:
+        _fake_comfy.reload_nodes()
         import nodes.decoding as dec
         import nodes.splat_types as st
 
-        importlib.reload(st)
-        importlib.reload(dec)
         assert st.CORE_SPLAT is None and dec.DecodeToSplats.RETURN_TYPES[0] == "VIST3A_SPLATS"
         assert dec.SaveSplatPLY.INPUT_TYPES()["required"]["splats"][0] == "VIST3A_SPLATS"
         assert isinstance(st.make_splats([_gaussians(5, 0)]), st.SplatBatch)

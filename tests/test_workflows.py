@@ -54,20 +54,13 @@ LOADERS = {"UNETLoader", "CLIPLoader", "VAELoader", "LoadStitchedDecoder"}
 def _catalogue(core_splat: bool) -> dict:
     """node id -> (ordered inputs name -> type, output types), ours read from the node classes as imported by a
     ComfyUI with (``core_splat``) or without the core SPLAT type."""
-    import importlib
-    import types
-
     import nodes
-    import nodes.decoding
-    import nodes.splat_types
 
     if core_splat:
-        latest = types.ModuleType("comfy_api.latest")
-        latest.Types = types.SimpleNamespace(SPLAT=type("SPLAT", (), {}))
-        sys.modules.update({"comfy_api": types.ModuleType("comfy_api"), "comfy_api.latest": latest})
+        _fake_comfy.install_core_splat(type("SPLAT", (), {}))
+    else:
+        _fake_comfy.reload_nodes()
     try:
-        for mod in (nodes.splat_types, nodes.decoding, nodes):
-            importlib.reload(mod)
         cat = dict(CORE_NODES, **(CORE_SPLAT_NODES if core_splat else {}))
         for node_id, cls in nodes.NODE_CLASS_MAPPINGS.items():
             spec = cls.INPUT_TYPES()
@@ -78,10 +71,8 @@ def _catalogue(core_splat: bool) -> dict:
             cat[node_id] = (inputs, list(cls.RETURN_TYPES))
         return cat
     finally:
-        for name in ("comfy_api", "comfy_api.latest"):
-            sys.modules.pop(name, None)
-        for mod in (nodes.splat_types, nodes.decoding, nodes):
-            importlib.reload(mod)
+        if core_splat:
+            _fake_comfy.uninstall_core_splat()
 
 
 @pytest.fixture(scope="module")

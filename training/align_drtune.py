@@ -235,15 +235,15 @@ def guided_velocity(transformer, x: Tensor, t: Tensor, cond: Tensor, uncond: Ten
     return u + guidance * (c - u)
 
 
-def sample_plan(rng: random.Random, config: AlignConfig) -> tuple[int, list[int], float]:
-    """(T, sorted grad-enabled step indices, CFG scale) of one iteration: T ~ U{T1..T2}; K distinct steps of T (of the
-    first T-1 plus T-1 itself with ``grad_last``); CFG ~ U[cfg_min, cfg_max]."""
+def sample_plan(rng: random.Random, config: AlignConfig) -> tuple[int, list[int]]:
+    """(T, sorted grad-enabled step indices) of one iteration: T ~ U{T1..T2}; K distinct steps of T (of the first
+    T-1 plus T-1 itself with ``grad_last``). Shared by all ranks; the CFG scale is drawn per rank."""
     steps = rng.randint(config.t_min, config.t_max)
     pool = range(steps - 1) if config.grad_last else range(steps)
     chosen = set(rng.sample(pool, config.grad_steps))
     if config.grad_last:
         chosen.add(steps - 1)
-    return steps, sorted(chosen), rng.uniform(config.cfg_min, config.cfg_max)
+    return steps, sorted(chosen)
 
 
 def drtune_rollout(transformer, noise: Tensor, cond: Tensor, uncond: Tensor | None, *, steps: int,
@@ -537,7 +537,7 @@ class DRTuneTrainer:
         c, ctx, step = self.config, self.ctx, self.step
         # T and the grad steps are shared by all ranks (FSDP2 needs the same collectives everywhere); prompts, CFG
         # scale and noise are drawn per rank
-        steps, chosen, _ = sample_plan(random.Random(_iteration_seed(c.seed, step, 0, "plan")), c)
+        steps, chosen = sample_plan(random.Random(_iteration_seed(c.seed, step, 0, "plan")), c)
         rng = random.Random(_iteration_seed(c.seed, step, ctx.rank, "rank"))
         guidance = rng.uniform(c.cfg_min, c.cfg_max)
         prompts = [rng.choice(self.prompts) for _ in range(c.batch_size)]
