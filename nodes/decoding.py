@@ -26,6 +26,7 @@ PUBLISHED = "HJGO/VIST3A/anysplat_stitched.pth"
 PUBLISHED_21 = "HJGO/VIST3A/anysplat_stitched_21_frame_extended.pth"
 TINY = "tiny-anysplat (untrained, tests only)"
 TINY_VGGT = "tiny-vggt (untrained, tests only)"
+MICRO = "micro-anysplat (trained on the micro world, 64x64 x 9 frames)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -33,12 +34,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass(eq=False)
 class DecoderHandle:
     """What flows on a ``VIST3A_DECODER`` wire: the stitched decoder, its ComfyUI ModelPatcher and, for the tiny
-    preset, a bundled tiny diffusers Wan VAE (used when no ComfyUI ``VAE`` is connected)."""
+    and micro presets, their own diffusers Wan VAE (used when no ComfyUI ``VAE`` is connected)."""
 
     decoder: Any
     patcher: Any
     name: str
-    tiny_vae: Any = None
+    bundled_vae: Any = None
     untrained: bool = False
 
     def load(self) -> torch.device:
@@ -86,15 +87,22 @@ def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "a
     torch_dtype = None if dtype == "auto" else DTYPES.get(dtype)
     if dtype != "auto" and torch_dtype is None:
         raise ValueError(f"{node}: unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
-    tiny_vae, untrained = None, False
+    bundled_vae, untrained = None, False
     if decoder in (TINY, TINY_VGGT):
         from vist3a.pipeline.presets import TINY_WARNING, tiny_decoder
         from vist3a.stitching.vae import tiny_video_vae
 
         logger.warning("%s: %s", node, TINY_WARNING)
         model = tiny_decoder(0, "anysplat" if decoder == TINY else "vggt")
-        tiny_vae = tiny_video_vae("wan", seed=0).vae.eval()
+        bundled_vae = tiny_video_vae("wan", seed=0).vae.eval()
         untrained = True
+    elif decoder == MICRO:
+        from vist3a.pipeline.presets import micro_decoder, micro_video_vae
+
+        try:
+            model, bundled_vae = micro_decoder(), micro_video_vae()
+        except FileNotFoundError as err:
+            raise ValueError(f"{node}: {err}") from None
     elif decoder in (PUBLISHED, PUBLISHED_21):
         from vist3a.stitching import load_published_stitched
 
@@ -122,13 +130,15 @@ def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "a
     else:
         raise ValueError(f"{node}: unknown device {device!r}; use auto or cpu")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
-    return DecoderHandle(model, patcher, decoder, tiny_vae, untrained)
+    return DecoderHandle(model, patcher, decoder, bundled_vae, untrained)
 
 
 class LoadStitchedDecoder:
     DESCRIPTION = ("Loads a VIST3A stitched 3D decoder (AnySplat or VGGT stitched into the Wan 2.1 VAE latent "
                    "space) from models/vist3a/, or downloads the published HJGO/VIST3A decoder and its base "
-                   "lhjiang/anysplat into that folder on first use. The tiny entries are untrained test models.")
+                   "lhjiang/anysplat into that folder on first use. micro-anysplat is a small decoder shipped with the pack, "
+                   "trained on the micro world (coloured primitives on a textured ground, 64x64 video); the tiny "
+                   "entries are untrained test models.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (DECODER,)
@@ -137,10 +147,11 @@ class LoadStitchedDecoder:
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = [PUBLISHED, PUBLISHED_21, *_comfy.local_decoders(), TINY, TINY_VGGT]
+        names = [PUBLISHED, PUBLISHED_21, *_comfy.local_decoders(), MICRO, TINY, TINY_VGGT]
         return {"required": {
             "decoder": (names, _tip("Published HJGO/VIST3A decoder (downloaded into models/vist3a/ on first use), a "
-                                    "file/folder from models/vist3a/, or a tiny untrained test model.")),
+                                    "file/folder from models/vist3a/, the shipped micro-world decoder (micro-anysplat, "
+                                    "with its own VAE), or a tiny untrained test model.")),
             "dtype": (["auto", "fp32", "bf16", "fp16"],
                       _tip("Weights precision; auto keeps fp32 (published). bf16 halves memory.")),
             "device": (["auto", "cpu"], _tip("auto: ComfyUI's GPU with offloading; cpu: always on the CPU.")),
@@ -174,10 +185,10 @@ def _decode_frames(node: str, handle: DecoderHandle, vae, raw: torch.Tensor) -> 
             raise ValueError(f"{node}: the VAE decoded {images.shape[1]} frames for {t_lat} latent frames (expected "
                              f"{t}); connect the Wan 2.1 VAE")
         return images[..., :3].float().permute(0, 1, 4, 2, 3).clamp(0, 1).cpu()
-    if handle.tiny_vae is not None:
+    if handle.bundled_vae is not None:
         from vist3a.pipeline import decode_frames
 
-        return decode_frames(handle.tiny_vae, raw).cpu()
+        return decode_frames(handle.bundled_vae, raw).cpu()
     raise ValueError(f"{node}: this decoder reads RGB frames; connect the Wan 2.1 VAE (VAELoader wan_2.1_vae) to vae")
 
 
@@ -358,8 +369,8 @@ class VIST3AImagesTo3D:
             raw = vae.encode(pixels).float()
             if raw.dim() == 4:
                 raw = raw[None]
-        elif decoder.tiny_vae is not None:
-            tv = decoder.tiny_vae
+        elif decoder.bundled_vae is not None:
+            tv = decoder.bundled_vae
             x = pixels.permute(3, 0, 1, 2)[None] * 2 - 1
             raw = tv.encode(x.to(next(tv.parameters()).dtype)).latent_dist.mean.float()
         else:

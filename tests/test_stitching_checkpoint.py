@@ -211,3 +211,61 @@ def test_load_errors(tmp_path):
     cfg_file.write_text(json.dumps({**cfg, "format_version": 99}))
     with pytest.raises(ValueError, match="Update vist3a"):
         load_decoder(tmp_path / "dec")
+
+
+# ------------------------------------------------------------------------------------------ "lora" weights variant
+def _lora_decoder(tmp_path):
+    import copy
+
+    from vist3a.models.loading import save_pretrained
+    from vist3a.stitching import StitchedDecoder, StitchingLayer
+    from vist3a.stitching.lora import add_lora, lora_target_names
+
+    torch.manual_seed(0)
+    base = AnySplat(AnySplatConfig.tiny()).eval()
+    save_pretrained(base, tmp_path / "anysplat")
+    dec = StitchedDecoder(copy.deepcopy(base), "enc_blocks_2", StitchingLayer("conv3d_k5x3x3_o64_s1x2x2_p2x1x1"))
+    torch.nn.init.normal_(dec.stitching.weight, std=0.02)
+    add_lora(dec, r=4, alpha=2, target_modules=lora_target_names(dec.model))
+    with torch.no_grad():  # stand-in for finetuning: move every trainable tensor
+        for p in dec.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    return dec.eval()
+
+
+def test_lora_variant_stores_only_the_finetuned_tensors_and_loads_identically(tmp_path, single_thread):
+    from vist3a.stitching import load_decoder, save_decoder
+
+    dec = _lora_decoder(tmp_path)
+    save_decoder(dec, tmp_path / "full", video_size=64)
+    save_decoder(dec, tmp_path / "lora", video_size=64, base_source="../anysplat")
+    cfg = json.loads((tmp_path / "lora" / "decoder_config.json").read_text())
+    assert cfg["weights"] == "lora" and cfg["format_version"] == 2 and cfg["lora"]["r"] == 4
+    assert len(cfg["base_model"]["sha256"]) == 64 and cfg["base_model"]["source"] == "../anysplat"
+    full_size = (tmp_path / "full" / "model.safetensors").stat().st_size
+    assert (tmp_path / "lora" / "model.safetensors").stat().st_size < full_size / 3
+    a, b = load_decoder(tmp_path / "lora"), load_decoder(tmp_path / "full")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    lat, frames = torch.randn(1, 16, 3, 8, 8), torch.rand(1, 9, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(a(lat, frames)["depth"], b(lat, frames)["depth"])
+
+
+def test_lora_variant_refuses_another_or_missing_base(tmp_path, single_thread):
+    from vist3a.models.loading import save_pretrained
+    from vist3a.stitching import load_decoder, save_decoder
+    from vist3a.stitching.lora import merge_lora
+
+    dec = _lora_decoder(tmp_path)
+    save_decoder(dec, tmp_path / "lora", video_size=64, base_source="../anysplat")
+    torch.manual_seed(1)
+    save_pretrained(AnySplat(AnySplatConfig.tiny()), tmp_path / "anysplat")  # another base in the same place
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_decoder(tmp_path / "lora")
+    (tmp_path / "anysplat" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="keep the decoder folder next to its base"):
+        load_decoder(tmp_path / "lora")
+    with pytest.raises(ValueError, match="no unmerged LoRA"):
+        save_decoder(merge_lora(dec), tmp_path / "x", base_source="../anysplat")

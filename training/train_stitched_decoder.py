@@ -29,7 +29,8 @@ Writes only into ``--output`` (rank 0; files atomically):
 * ``train_config.json`` -- the resolved options;
 * ``checkpoints/step_XXXXXX/`` (state.safetensors + state.json, see training/runtime.py) every ``--save-every``
   steps, at the end and when stopped (SIGINT / SIGTERM: exit code 130 / 143 after saving; ``--stop-after K``: 0);
-* ``metrics.jsonl`` -- one line per step (loss, terms, lr, grad norm, views), averaged over ranks;
+* ``metrics.jsonl`` -- one line per step (loss, terms, lr, grad norm, views, cumulative training seconds ``time``),
+  averaged over ranks;
 * ``decoder/`` -- the finetuned decoder (LoRA merged) in our format: ``vist3a.stitching.load_decoder(<out>/decoder)``,
   the pipelines (``decoder=<out>/decoder``) and ComfyUI's LoadStitchedDecoder (copy the folder into
   ``models/vist3a/``).
@@ -44,7 +45,6 @@ import json
 import logging
 import math
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -61,10 +61,20 @@ from vist3a.stitching.config import RELEASED_CONFIG, StitchingConfig
 from vist3a.stitching.decoder import StitchedDecoder
 from vist3a.stitching.layer import StitchingLayer
 
-from .data import FolderClips, SyntheticClips, check_resolutions, find_scenes
+from .data import (
+    FolderClips,
+    SyntheticClips,
+    check_resolutions,
+    find_scenes,
+    is_micro_world,
+    micro_world_clips,
+)
 from .losses import loss_weights, stitched_loss
 from .runtime import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,  # noqa: F401 (re-exported: the exit codes of this CLI)
     DistContext,
+    StopRequest,
     all_reduce_mean,
     capture_rng_state,
     cleanup_distributed,
@@ -87,7 +97,6 @@ CHECKPOINTS = "checkpoints"
 DECODER = "decoder"
 METRICS = "metrics.jsonl"
 CONFIG = "train_config.json"
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 #: options that must not change when resuming (the run would no longer continue the same schedule / data)
 RESUME_KEYS = ("model", "model_path", "preset", "cut", "config", "views", "vae_size", "model_size", "batch_size",
                "steps", "seed", "lr", "weight_decay", "warmup", "min_lr_ratio", "lora_rank", "lora_alpha", "frames",
@@ -124,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train_stitched_decoder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--data", help="folder of scenes (ROOT/<scene>/*.png, DL3DV ROOT/1K/<scene>/images_4/*.png, ...)")
+    d.add_argument("--data", help="folder of scenes (ROOT/<scene>/*.png, DL3DV ROOT/1K/<scene>/images_4/*.png, ...) "
+                                  "or a micro world (python -m training.micro world)")
     d.add_argument("--synthetic", type=int, metavar="N", default=None,
                    help="N procedural synthetic scenes instead of --data (tests, smoke runs)")
     d.add_argument("--image-dir", default=None, help="image sub-folder of each scene (default: images_4, images, ...)")
@@ -387,8 +397,9 @@ class StepBatches(Dataset):
 
 @dataclass(frozen=True)
 class ClipFactory:
-    """views -> the clip dataset with that many views (picklable, for DataLoader workers): FolderClips over
-    ``scenes``, or SyntheticClips with ``synthetic`` scenes when ``scenes`` is None."""
+    """views -> the clip dataset with that many views (picklable, for DataLoader workers): the train split of the
+    micro world ``world``, else FolderClips over ``scenes``, or SyntheticClips with ``synthetic`` scenes when
+    ``scenes`` is None."""
 
     samples: int
     vae_size: int
@@ -397,8 +408,12 @@ class ClipFactory:
     window: int = 50
     scenes: tuple | None = None
     synthetic: int = 8
+    world: str | None = None
 
     def __call__(self, views: int) -> Dataset:
+        if self.world is not None:
+            return micro_world_clips(self.world, self.samples, split="train", views=views, vae_size=self.vae_size,
+                                     model_size=self.model_size, seed=self.seed)
         if self.scenes is None:
             return SyntheticClips(self.samples, views=views, scenes=self.synthetic, vae_size=self.vae_size,
                                   model_size=self.model_size, seed=self.seed)
@@ -410,49 +425,12 @@ def _clip_factory(args, vae_size: int, model_size: int, samples: int) -> ClipFac
     common = {"samples": samples, "vae_size": vae_size, "model_size": model_size, "seed": args.seed}
     if args.synthetic is not None:
         return ClipFactory(**common, synthetic=args.synthetic)
+    if is_micro_world(args.data):
+        return ClipFactory(**common, world=str(args.data))
     scenes = find_scenes(args.data, image_dir=args.image_dir)
     if not scenes:
         raise ValueError(f"--data {args.data}: no scenes (folders of .png / .jpg frames) found")
     return ClipFactory(**common, window=args.window, scenes=tuple(scenes))
-
-
-# ============================================================================================ stopping
-class StopRequest:
-    """SIGINT / SIGTERM handlers that only set a flag (the loop stops at the next step boundary, after a
-    checkpoint); a second SIGINT raises KeyboardInterrupt at once. Restores the previous handlers on exit."""
-
-    def __init__(self) -> None:
-        self.code = 0
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum, _frame) -> None:
-        if signum == signal.SIGINT and self.code:
-            raise KeyboardInterrupt
-        self.code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
-        logger.warning("received %s: stopping after this step (checkpoint first); Ctrl-C again to abort",
-                       signal.Signals(signum).name)
-
-    def __enter__(self) -> StopRequest:  # noqa: PYI034 (typing.Self needs Python 3.11)
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def agreed(self, ctx: DistContext) -> int:
-        """The stop code of any rank (max over ranks), identical everywhere."""
-        if ctx.world_size <= 1:
-            return self.code
-        import torch.distributed as dist
-
-        t = torch.tensor([self.code], dtype=torch.int64, device=ctx.device if ctx.backend == "nccl" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
 
 
 # ============================================================================================ training
@@ -490,6 +468,20 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
     with atomic_write(path, "w") as fh:
         fh.write("".join(s + "\n" for s in keep))
+
+
+def _elapsed(path: Path, step: int) -> float:
+    """Training seconds recorded up to ``step`` in the metrics file (0 when unknown), so ``time`` stays cumulative
+    across resumed runs."""
+    if not path.is_file() or step == 0:
+        return 0.0
+    last = 0.0
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            doc = json.loads(line)
+            if doc["step"] <= step:
+                last = float(doc.get("time", last))
+    return last
 
 
 class Trainer:
@@ -662,6 +654,7 @@ class Trainer:
                             generator=torch.Generator().manual_seed(args.seed))
         run_steps, code, saved_at = 0, 0, None
         t0 = time.perf_counter()
+        before = _elapsed(metrics, self.step) if ctx.is_main else 0.0
         with StopRequest() as stop, tqdm(total=args.steps, initial=self.step, desc="finetune", unit="step",
                                          disable=args.quiet or not ctx.is_main) as bar:
             fh = open(metrics, "a", encoding="utf-8") if ctx.is_main else None  # noqa: SIM115
@@ -673,6 +666,7 @@ class Trainer:
                     m = self.train_step(batch)
                     run_steps += 1
                     if fh is not None:
+                        m["time"] = round(before + time.perf_counter() - t0, 3)
                         fh.write(json.dumps(m) + "\n")
                         fh.flush()
                     bar.update(1)

@@ -1,7 +1,8 @@
 """The ``vist3a`` command line.
 
 ``info`` and ``render`` inspect and render splat files; ``generate`` runs text -> 3D and ``reconstruct`` video /
-frames -> 3D through :mod:`vist3a.pipeline` (``--preset tiny``: small random models, CPU, offline, plumbing only).
+frames -> 3D through :mod:`vist3a.pipeline` (``--preset tiny``: small random models, plumbing only;
+``--preset micro``: the shipped models trained on the micro world).
 """
 
 from __future__ import annotations
@@ -205,6 +206,11 @@ def _runtime(args: argparse.Namespace):
 
 
 def _check_preset(args: argparse.Namespace, model_flags: tuple[str, ...]) -> None:
+    if args.preset == "micro":
+        given = [f"--{f.replace('_', '-')}" for f in (*model_flags, "decoder", "lora")
+                 if getattr(args, f, None) is not None]
+        if given:
+            raise ValueError(f"--preset micro uses the shipped micro models; drop {', '.join(given)}")
     if args.preset == "tiny":
         given = [f"--{f.replace('_', '-')}" for f in model_flags if getattr(args, f, None) is not None]
         if given:
@@ -291,6 +297,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     _check_preset(args, ("wan", "base"))
     if args.preset == "tiny":
         pipe = VideoTo3DPipeline.tiny(seed=0, decoder=args.decoder)
+    elif args.preset == "micro":
+        pipe = VideoTo3DPipeline.micro()
     else:
         pipe = VideoTo3DPipeline.from_pretrained(wan=args.wan or "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                                                  decoder=args.decoder, base=args.base, dtype=dtype,
@@ -304,16 +312,16 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, presets: tuple[str, ...] = ("tiny",)) -> None:
     p.add_argument("-o", "--output", required=True, help="scene file: 3DGS .ply (or .splat), written atomically")
     p.add_argument("--pointmap", help="also write the pointmap as a point-cloud .ply")
     p.add_argument("--splat", help="also write an antimatter15 .splat file")
     p.add_argument("--sh-degree", type=int, default=0,
                    help="SH degree written to the .ply (default 0 = DC colour only, as the published export; "
                         "-1 keeps the model's)")
-    p.add_argument("--frames", type=int, help="video frames, 4k+1 (default 13; tiny preset 9)")
+    p.add_argument("--frames", type=int, help="video frames, 4k+1 (default 13; tiny and micro presets 9)")
     p.add_argument("--size", help="video size: 512 or WIDTHxHEIGHT, multiples of 16; the 3D model sees size/16*14 "
-                                  "(default 512 -> 448; tiny preset 64)")
+                                  "(default 512 -> 448; tiny and micro presets 64)")
     p.add_argument("--seed", type=int, help="random seed (generate: initial noise; reconstruct: encoder sample)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", help="Wan dtype: fp16 (default on CUDA, published), bf16, fp32 (default on CPU)")
@@ -325,8 +333,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="base AnySplat for the published decoder (default lhjiang/anysplat; hub id, folder "
                                   "or weights file)")
     p.add_argument("--vae-tiling", action="store_true", help="decode/encode the video in tiles (less VRAM)")
-    p.add_argument("--preset", choices=["tiny"], help="tiny: small UNTRAINED random models, CPU, offline, seconds; "
-                                                      "shows the plumbing only")
+    p.add_argument("--preset", choices=presets, help=" ".join(_PRESET_HELP[k] for k in presets))
+
+
+_PRESET_HELP = {"tiny": "tiny: small UNTRAINED random models, CPU, offline, seconds; shows the plumbing only.",
+                "micro": "micro: the shipped models trained on the micro world (coloured primitives on a textured "
+                         "ground, 9 frames of 64x64; `python -m training.micro`), CPU, offline, about a second."}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconstruct", help="video file or folder of ordered frames -> 3D scene (Wan VAE encoder + "
                                            "stitched decoder)")
     p.add_argument("input", help="folder of ordered frames (natural sort) or a video file (needs imageio-ffmpeg)")
-    _add_common(p)
+    _add_common(p, presets=("tiny", "micro"))
     p.set_defaults(func=_cmd_reconstruct)
     return parser
 

@@ -1,4 +1,13 @@
-"""``--preset tiny``: small randomly initialised models of the real architectures, built locally (offline).
+"""Offline presets: ``tiny`` (small RANDOM models of the real architectures, plumbing only) and ``micro`` (small
+models TRAINED on the micro world, shipped inside the package under ``vist3a/weights/micro``).
+
+``--preset micro`` (see ``vist3a/weights/micro/README.md``, the model cards): the micro video VAE (diffusers
+``AutoencoderKLWan``, 9 frames of 64x64 -> a (16, 3, 8, 8) latent), the micro AnySplat (56-px frames) and the micro
+stitched decoder (the micro AnySplat stitched into the micro VAE's latent space; stored as LoRA on the shipped
+micro AnySplat). They know the micro world only: a few coloured primitives on a textured ground under a sky,
+filmed by a camera orbiting at constant distance (``python -m training.micro`` makes and retrains all of it).
+
+``--preset tiny`` details:
 
 Tiny Wan transformer / VAE / UMT5 text encoder with a character-level tokenizer built with the ``tokenizers``
 library, and a tiny AnySplat stitched at ``enc_blocks_2`` through the released stitching-layer shape (at the tiny
@@ -10,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import string
+from pathlib import Path
 
 import torch
 
 from .settings import GenerationSettings
 
-__all__ = ["TINY_SETTINGS", "TINY_STITCHING", "TINY_WARNING", "tiny_decoder", "tiny_tokenizer", "tiny_wan_pipeline"]
+__all__ = ["MICRO_SETTINGS", "MICRO_WEIGHTS", "TINY_SETTINGS", "TINY_STITCHING", "TINY_WARNING", "micro_anysplat",
+           "micro_decoder", "micro_path", "micro_video_vae", "tiny_decoder", "tiny_tokenizer", "tiny_wan_pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +84,48 @@ def tiny_decoder(seed: int = 0, kind: str = "anysplat"):
     torch.manual_seed(seed)
     model = AnySplat(AnySplatConfig.tiny()) if kind == "anysplat" else VGGT(VGGTConfig.tiny())
     return StitchedDecoder(model, "enc_blocks_2", StitchingLayer(TINY_STITCHING)).eval()
+
+
+# ============================================================================================ micro (trained)
+#: where the shipped micro models live (package data)
+MICRO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "micro"
+#: the micro world's video: 9 frames of 64x64 (3D model: 56x56)
+MICRO_SETTINGS = GenerationSettings(num_frames=9, height=64, width=64, num_inference_steps=20, max_sequence_length=32)
+_MICRO_PARTS = {"vae": "diffusion_pytorch_model.safetensors", "anysplat": "model.safetensors",
+                "decoder": "model.safetensors"}
+
+
+def micro_path(part: str) -> Path:
+    """The folder of a shipped micro model (``"vae"``, ``"anysplat"`` or ``"decoder"``); FileNotFoundError naming
+    the fix when it is not installed."""
+    if part not in _MICRO_PARTS:
+        raise ValueError(f"micro_path: unknown part {part!r}; one of {sorted(_MICRO_PARTS)}")
+    folder = MICRO_WEIGHTS / part
+    if not (folder / _MICRO_PARTS[part]).is_file():
+        raise FileNotFoundError(f"the micro {part} weights are not installed ({folder / _MICRO_PARTS[part]} is "
+                                "missing): reinstall vist3a (pip install .), or rebuild them with `python -m "
+                                "training.micro all --out runs/micro` then `python -m training.micro ship --out "
+                                "runs/micro`")
+    return folder
+
+
+def micro_video_vae():
+    """The shipped micro video VAE (diffusers ``AutoencoderKLWan``, float32, eval)."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan.from_pretrained(str(micro_path("vae")), torch_dtype=torch.float32).eval()
+
+
+def micro_anysplat():
+    """The shipped micro AnySplat (:class:`vist3a.models.AnySplat`, float32, eval)."""
+    from ..models import from_pretrained
+
+    return from_pretrained(micro_path("anysplat"), model="anysplat", dtype=torch.float32)
+
+
+def micro_decoder():
+    """The shipped micro stitched decoder (the micro AnySplat + its LoRA and stitching layer, merged; eval)."""
+    from ..stitching import load_decoder
+
+    micro_path("anysplat")
+    return load_decoder(micro_path("decoder"), dtype=torch.float32)

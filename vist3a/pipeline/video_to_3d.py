@@ -63,6 +63,15 @@ class VideoTo3DPipeline:
         dec = tiny_decoder(seed) if decoder is None else load_stitched_decoder(decoder)
         return cls(tiny_video_vae("wan", seed=seed).vae, dec, s.num_frames, s.height, s.width, untrained=True)
 
+    @classmethod
+    def micro(cls) -> VideoTo3DPipeline:
+        """The shipped micro models (trained on the micro world, :mod:`vist3a.pipeline.presets`): 9 frames of 64x64
+        -> the micro VAE's latent mean -> the micro stitched AnySplat. CPU, offline, about a second."""
+        from .presets import MICRO_SETTINGS, micro_decoder, micro_video_vae
+
+        s = MICRO_SETTINGS
+        return cls(micro_video_vae(), micro_decoder(), s.num_frames, s.height, s.width, sample=False)
+
     def to(self, device: str | torch.device) -> VideoTo3DPipeline:
         self.vae.to(device)
         self.decoder.to(device)

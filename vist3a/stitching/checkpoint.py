@@ -20,6 +20,13 @@ Our format, a folder (or hub repo) written by :func:`save_decoder`:
 * ``model.safetensors``: the decoder's full state dict -- the kept part of the 3D model with LoRA merged, plus the
   stitching layer (``model.*``, ``stitching.weight``, ``stitching.bias``). Self-contained: loading needs no base
   checkpoint (the whole kept model is stored, not a difference to the base).
+
+``weights: "lora"`` variant (format version 2, :func:`save_decoder` with ``base_source``): like the published
+checkpoints, the folder stores only what finetuning changed -- the unmerged peft LoRA factors, the LoRA layers'
+biases, the DINO cls / register / mask tokens and the stitching layer -- and names its base model in
+``base_model.source`` (a hub id, or a path relative to the decoder folder) with the SHA-256 of the base weights
+file. Loading builds the base, cuts it, injects the same LoRA (``lora``: r, alpha, targets, bias), loads the
+tensors strictly and merges. A base whose weights differ from the recorded hash is refused.
 """
 
 from __future__ import annotations
@@ -42,7 +49,13 @@ from ..models import (
     VGGTConfig,
     from_pretrained,
 )
-from ..models.loading import _fmt, _offline, _offline_message, load_checkpoint_into, mismatch_lines
+from ..models.loading import (
+    _fmt,
+    _offline,
+    _offline_message,
+    load_checkpoint_into,
+    mismatch_lines,
+)
 from .config import RELEASED_CONFIG, StitchingConfig
 from .decoder import VAE_SCALE, StitchedDecoder, cut_index
 from .layer import StitchingLayer
@@ -76,7 +89,7 @@ PUBLISHED_TOP_KEYS = ("lora", "stitching_layer", "mask_token", "cls_token", "reg
 CONFIG_NAME = "decoder_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_NAME = "vist3a-stitched-decoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the "lora" weights variant; full-weight folders are still written as version 1
 LATENT_CONVENTION = "raw Wan latent = z*std + mean (un-normalised VAE latent, as fed to the VAE decoder)"
 _DINO_BLOCK = re.compile(r"^encoder\.aggregator\.patch_embed\.blocks\.(\d+)\.")
 
@@ -272,7 +285,7 @@ def decoder_config(decoder: StitchedDecoder, dtype: torch.dtype, video_size: int
     model_size = decoder.model_size_for((video_size, video_size))[0]
     return {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "base_model": {"type": decoder.kind, "id": getattr(decoder, "base_id", BASE_REPOS[decoder.kind]),
                        "config": model.config.to_dict()},
         "cut": decoder.cut,
@@ -285,31 +298,100 @@ def decoder_config(decoder: StitchedDecoder, dtype: torch.dtype, video_size: int
                        "rule": f"video / {ppt} == 3D / {patch}", "video": video_size, "model": model_size},
         "needs_frames": decoder.needs_frames,
         "dtype": str(dtype).replace("torch.", ""),
-        "weights": f"{WEIGHTS_NAME}: full state dict of the kept 3D model (LoRA merged) + stitching layer",
+        "weights": "full",
+        "weights_note": f"{WEIGHTS_NAME}: full state dict of the kept 3D model (LoRA merged) + stitching layer",
     }
 
 
+_TOKENS = ("cls_token", "register_tokens", "mask_token")
+
+
+def lora_delta_state(decoder: StitchedDecoder) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors a ``weights: "lora"`` folder stores (module docstring) and the LoRA description
+    ``{"r", "alpha", "targets", "bias", "merged": False}``. The decoder must hold one unmerged peft adapter."""
+    from .lora import _lora_layers
+
+    cfg = getattr(decoder.model, "peft_config", {}).get("default") if has_lora(decoder) else None
+    if cfg is None:
+        raise ValueError("save_decoder(base_source=...): the decoder has no unmerged LoRA adapter; a merged decoder "
+                         "can only be saved with its full weights (omit base_source)")
+    layers = {f"model.{n}." for n in _lora_layers(decoder.model)}
+    state = decoder.state_dict()
+    keep = {}
+    for key, value in state.items():
+        prefix = next((p for p in layers if key.startswith(p)), None)
+        rest = key[len(prefix):] if prefix else ""
+        if (prefix and (".lora_" in key or rest == "base_layer.bias")) or key.startswith("stitching.") or \
+                key.rsplit(".", 1)[-1] in _TOKENS:
+            keep[key] = value
+    info = {"r": int(cfg.r), "alpha": float(cfg.lora_alpha), "targets": sorted(cfg.target_modules),
+            "bias": str(cfg.bias), "merged": False, "format": "peft (unmerged)"}
+    return keep, info
+
+
+def _is_hub_id(source: str, folder: Path) -> bool:
+    """A base source is a hub id when it is ``owner/name`` and no such path exists beside the decoder folder."""
+    return (source.count("/") == 1 and not source.startswith((".", "/", "~")) and not (folder / source).exists()
+            and not Path(source).is_absolute())
+
+
+def _relative(folder: Path, source: str) -> Path:
+    """``source`` (absolute, or relative to ``folder``), normalised lexically (``folder`` need not exist yet)."""
+    import os
+
+    return Path(source) if Path(source).is_absolute() else Path(os.path.normpath(folder / source))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_decoder(decoder: StitchedDecoder, folder: str | Path, dtype: torch.dtype | None = None,
-                 video_size: int = 512) -> Path:
+                 video_size: int = 512, base_source: str | None = None) -> Path:
     """Write ``decoder_config.json`` + ``model.safetensors`` into ``folder`` (created if needed).
 
     Unmerged peft LoRA is merged into the saved weights (the decoder itself is not changed). ``dtype`` casts the
     stored floating tensors (default: the decoder's); ``video_size`` is recorded as the trained video resolution.
     Each file is replaced atomically and everything is prepared before the first write, so a failing save leaves
-    earlier files untouched."""
+    earlier files untouched.
+
+    ``base_source``: write the ``weights: "lora"`` variant instead (module docstring): only the finetuned tensors,
+    with the base named by a hub id or a folder path relative to ``folder`` (its ``model.safetensors`` is hashed
+    now, so it must exist)."""
     from safetensors.torch import save_file
 
     from ..io.atomic import atomic_path, atomic_write
 
-    state = merged_state_dict(decoder)
+    folder = Path(folder)
     dtype = dtype or decoder.stitching.weight.dtype
+    config = decoder_config(decoder, dtype, video_size)
+    if base_source is None:
+        state = merged_state_dict(decoder)
+    else:
+        state, lora = lora_delta_state(decoder)
+        base_dir = None if _is_hub_id(base_source, folder) else _relative(folder, base_source)
+        config.update(format_version=2, weights="lora", lora=lora,
+                      weights_note=f"{WEIGHTS_NAME}: peft LoRA factors, LoRA-layer biases, DINO tokens and the "
+                                   "stitching layer; everything else comes from base_model.source")
+        config["base_model"]["source"] = base_source
+        if base_dir is not None:
+            weights = base_dir / WEIGHTS_NAME
+            if not weights.is_file():
+                raise FileNotFoundError(f"save_decoder: base_source {base_source!r} resolves to {base_dir}, which "
+                                        f"has no {WEIGHTS_NAME}; save the base model there first")
+            config["base_model"]["sha256"] = _sha256(weights)
     tensors = {k: v.detach().to(dtype=dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
                for k, v in state.items()}
-    text = json.dumps(decoder_config(decoder, dtype, video_size), indent=2)
-    folder = Path(folder)
+    text = json.dumps(config, indent=2)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+        save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "format_version": str(config["format_version"])})
     with atomic_write(folder / CONFIG_NAME, "w") as fh:
         fh.write(text)
     logger.info("saved stitched decoder to %s (%d tensors)", folder, len(tensors))
@@ -356,6 +438,8 @@ def load_decoder(source: str | Path, device: str | torch.device | None = None, d
     if base.get("type") not in kinds:
         raise ValueError(f"load_decoder: unknown base model type {base.get('type')!r} (anysplat or vggt)")
     cls, cfg_cls = kinds[base["type"]]
+    if cfg.get("weights") == "lora":
+        return _load_lora_decoder(cfg, cfg_file, weights, device, dtype, revision)
     with torch.device("meta"):
         model = cls(cfg_cls.from_dict(base["config"]))
         layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
@@ -374,6 +458,71 @@ def load_decoder(source: str | Path, device: str | torch.device | None = None, d
     decoder.base_id = base.get("id")
     if cfg.get("lora"):
         decoder.lora_info = cfg["lora"]
+    if device is not None or dtype is not None:
+        decoder = decoder.to(device=device, dtype=dtype)
+    return decoder.eval()
+
+
+def _resolve_base(base: dict[str, Any], cfg_file: Path, revision: str | None) -> Path:
+    source = str(base.get("source") or "")
+    if not source:
+        raise ValueError(f"load_decoder: {cfg_file} stores LoRA weights but names no base_model.source")
+    folder = cfg_file.parent
+    if _is_hub_id(source, folder):
+        from ..models.loading import _download
+
+        return _download(source, revision)
+    path = _relative(folder, source)
+    if not (path / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"load_decoder: the base model of {cfg_file} is {source!r} -> {path}, which has no "
+                                f"{WEIGHTS_NAME}; keep the decoder folder next to its base model")
+    return path
+
+
+def _load_lora_decoder(cfg: dict, cfg_file: Path, weights: Path, device, dtype, revision) -> StitchedDecoder:
+    """The ``weights: "lora"`` variant: base -> cut -> LoRA injected -> finetuned tensors loaded strictly -> merged."""
+    from safetensors.torch import load_file
+
+    from .lora import add_lora, merge_lora
+
+    base = cfg["base_model"]
+    base_dir = _resolve_base(base, cfg_file, revision)
+    if base.get("sha256") and (base_dir / WEIGHTS_NAME).is_file():
+        got = _sha256(base_dir / WEIGHTS_NAME)
+        if got != base["sha256"]:
+            raise ValueError(f"load_decoder: {cfg_file} was trained on a base model whose {WEIGHTS_NAME} has SHA-256 "
+                             f"{base['sha256'][:16]}..., but {base_dir / WEIGHTS_NAME} has {got[:16]}...; use the "
+                             "base it was trained on")
+    model = from_pretrained(base_dir, model=base["type"])
+    stored = base.get("config")
+    if stored is not None and model.config.to_dict() != stored:
+        raise ValueError(f"load_decoder: the base model at {base_dir} has another config than the one {cfg_file} "
+                         "was trained on")
+    layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
+                           temporal_factor=cfg.get("temporal_factor", 4))
+    decoder = StitchedDecoder(model.float(), cfg["cut"], layer,
+                              cfg.get("resolution", {}).get("video_pixels_per_token", 16))
+    lora = cfg.get("lora") or {}
+    try:
+        add_lora(decoder, r=int(lora["r"]), alpha=float(lora["alpha"]), target_modules=list(lora["targets"]),
+                 bias=str(lora.get("bias", "lora_only")))
+    except KeyError as exc:
+        raise ValueError(f"load_decoder: {cfg_file}: the lora entry lacks {exc}") from None
+    state = load_file(str(weights))
+    expected, _ = lora_delta_state(decoder)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in sorted(
+              set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError("\n".join([f"load_decoder: {weights} does not fit {cfg_file}:"]
+                                                + mismatch_lines(missing, unexpected, shapes)))
+    own = decoder.state_dict()
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].dtype))
+    merge_lora(decoder)
+    decoder.base_id = base.get("id")
+    decoder.lora_info = {**lora, "merged": True}
     if device is not None or dtype is not None:
         decoder = decoder.to(device=device, dtype=dtype)
     return decoder.eval()

@@ -1,0 +1,119 @@
+"""Each micro-world training stage learns (its loss goes down by a stated margin on a few scenes), resumes exactly,
+and the method's own scripts (layer search, stitched finetuning) read a micro world as ``--data``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training.micro.shards import generate_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("microtrain") / "world"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    generate_world(root, {"train": 3, "test": 2, "novel": 0}, seed=0, shard_size=3, workers=1, progress=False)
+    torch.set_num_threads(threads)
+    return root
+
+
+def _losses(path, key="loss"):
+    return [json.loads(line)[key] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def test_vae_stage_learns_and_exports(world, tmp_path, single_thread):
+    from diffusers import AutoencoderKLWan
+
+    from training.micro.shards import MicroScenes
+    from training.micro.vae import VAETrainConfig, build_micro_vae, evaluate_vae, train_vae
+
+    scenes = MicroScenes(world, "train")
+    before = evaluate_vae(build_micro_vae(0).eval(), scenes)["psnr"]
+    cfg = VAETrainConfig(steps=15, batch=1, lr=2e-3, warmup=2)
+    assert train_vae(world, tmp_path / "vae", cfg, progress=False) == 0
+    assert len(_losses(tmp_path / "vae" / "metrics.jsonl")) == 15
+    vae = AutoencoderKLWan.from_pretrained(str(tmp_path / "vae" / "vae")).eval()
+    after = evaluate_vae(vae, scenes)["psnr"]
+    assert after > before + 1.0, (before, after)  # stated margin: +1 dB reconstruction PSNR (seen: +2.0)
+    assert vae.config.z_dim == 16 and len(vae.config.latents_mean) == 16
+    assert all(s > 0 for s in vae.config.latents_std)
+    assert evaluate_vae(vae, MicroScenes(world, "test"))["clips"] == 2
+
+
+def test_training_loop_resumes_exactly(world, tmp_path, single_thread):
+    from safetensors.torch import load_file
+
+    from training.micro.vae import VAETrainConfig, train_vae
+
+    cfg = VAETrainConfig(steps=4, batch=1, lr=1e-3, warmup=1)
+    assert train_vae(world, tmp_path / "a", cfg, progress=False) == 0
+    assert train_vae(world, tmp_path / "b", cfg, progress=False, stop_after=2) == 0
+    assert not (tmp_path / "b" / "vae").exists()
+    assert train_vae(world, tmp_path / "b", cfg, progress=False) == 0
+    a = load_file(str(tmp_path / "a" / "vae" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "a" / "metrics.jsonl") == _losses(tmp_path / "b" / "metrics.jsonl")
+    with pytest.raises(ValueError, match="other options"):
+        train_vae(world, tmp_path / "b", VAETrainConfig(steps=5, batch=1, lr=1e-3, warmup=1), progress=False)
+
+
+def test_model3d_stage_learns_geometry_and_appearance(world, tmp_path, single_thread):
+    from training.micro.model3d import Model3DTrainConfig, train_model3d
+    from vist3a.models import from_pretrained
+
+    cfg = Model3DTrainConfig(steps=24, lr=1e-3, warmup=2, render_warmup=6)
+    assert train_model3d(world, tmp_path / "m3", cfg, progress=False) == 0
+    rows = [json.loads(x) for x in (tmp_path / "m3" / "metrics.jsonl").read_text().splitlines()]
+    geo = [r["camera"] + r["depth"] for r in rows]
+    assert _mean(geo[-4:]) < 0.7 * _mean(geo[:4]), geo  # stated margin: -30 %
+    rend = [r["render_l1"] for r in rows if "render_l1" in r]
+    assert rows[5].get("render_l1") is None and len(rend) == 24 - 6  # no render loss during the warm-up
+    assert _mean(rend[-4:]) < _mean(rend[:4]), rend
+    model = from_pretrained(tmp_path / "m3" / "anysplat")
+    assert model.config.aggregator.embed_dim == 128 and model.cut_points()[:6] == [f"enc_blocks_{k}"
+                                                                                     for k in range(1, 7)]
+
+
+def test_normalised_scene_puts_the_first_camera_at_the_origin():
+    from training.micro import world as W
+    from training.micro.model3d import normalise_scene
+
+    spec = W.sample_scene("train", 1)
+    out = W.render_scene(spec)
+    k = out["K"].clone()
+    k[:2] *= 56 / 64
+    c2w, depth, scale = normalise_scene(out["c2w"], k, out["depth"], 56, W.CLIP_FRAMES)
+    assert torch.allclose(c2w[0], torch.eye(4), atol=1e-5)
+    assert torch.allclose(depth * scale, out["depth"], rtol=1e-5)
+    # relative poses are preserved up to the scale
+    rel = torch.linalg.inv(out["c2w"][0].double()) @ out["c2w"][3].double()
+    assert torch.allclose(c2w[3, :3, :3].double(), rel[:3, :3], atol=1e-5)
+    assert torch.allclose(c2w[3, :3, 3].double() * scale, rel[:3, 3], atol=1e-4)
+
+
+def test_layer_search_and_finetuning_read_a_micro_world(world, tmp_path, single_thread):
+    from training import find_stitching_layer, train_stitched_decoder
+
+    search = tmp_path / "search"
+    assert find_stitching_layer.main(["--tiny", "--data", str(world), "--samples", "3", "--heldout", "2",
+                                      "--layers", "enc", "--out", str(search), "--quiet"]) == 0
+    doc = json.loads((search / "ranking.json").read_text())
+    assert doc["split"].startswith("micro world") and doc["heldout_samples"] == 2
+    out = tmp_path / "ft"
+    argv = ["--preset", "tiny", "--data", str(world), "--views", "9", "--steps", "12", "--warmup", "1",
+            "--lr", "1e-3", "--lora-rank", "4", "--lora-alpha", "2", "--frames", "real", "--init-stitching",
+            str(search), "--output", str(out), "--quiet"]
+    assert train_stitched_decoder.main(argv) == 0
+    loss = _losses(out / "metrics.jsonl")
+    assert _mean(loss[-3:]) < _mean(loss[:3]), loss
+    assert (out / "decoder" / "model.safetensors").is_file()
+    assert all("time" in json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())

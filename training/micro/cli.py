@@ -1,0 +1,258 @@
+"""Command line of the micro world: ``python -m training.micro <stage> --out runs/micro``.
+
+Stages (each resumable: run the same command again after an interruption; ``all`` runs them in order and skips
+what is finished):
+
+* ``world``     render the dataset into ``<out>/world`` (shards; training/micro/shards.py)
+* ``vae``       train the micro video VAE -> ``<out>/vae/vae`` (diffusers ``AutoencoderKLWan`` folder)
+* ``model3d``   train the micro AnySplat -> ``<out>/model3d/anysplat`` (config.json + model.safetensors)
+* ``search``    ``training.find_stitching_layer`` over every DINO block of the micro AnySplat against the micro
+  VAE's latents -> ``<out>/search`` (ranking + a closed-form stitching layer per block)
+* ``finetune``  ``training.train_stitched_decoder`` (LoRA, self-supervised by the micro AnySplat) for every searched
+  layer from its closed-form initialisation, and for the best layer from a random initialisation ->
+  ``<out>/finetune/<layer>`` and ``<out>/finetune/<best>_random``
+* ``report``    the paper's claims measured on held-out scenes -> ``<out>/report`` (results.json, report.md, PNGs);
+  ``--docs docs`` also writes ``docs/micro_world.md`` + ``docs/micro_world/*.png``
+* ``ship``      copy the micro VAE, AnySplat and best stitched decoder (float16) with model cards into the
+  package (``--to``, default ``vist3a/weights/micro``)
+* ``clip``      write one scene's 9 orbit frames as PNGs (+ caption.txt) into ``--out`` (rendered on the fly, no
+  dataset needed): ``python -m training.micro clip --split test --index 3 --out clip/`` then
+  ``vist3a reconstruct clip/ --preset micro -o scene.ply``
+
+Every training stage checkpoints into its folder and continues from there; Ctrl-C (or SIGTERM) finishes the
+current step, writes a checkpoint and exits with 130 (143). Progress bars on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("vist3a.micro")
+
+DEFAULT_COUNTS = {"train": 4000, "test": 200, "novel": 100}
+MICRO_STITCHING = "conv3d_k5x3x3_o128_s1x2x2_p2x1x1"  # the released layer's shape at the micro width (128)
+SIZES = ["--views", "9", "--vae-size", "64", "--model-size", "56"]
+
+
+def _threads(args) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+
+
+def _world_dir(args) -> Path:
+    return Path(args.world) if args.world else Path(args.out) / "world"
+
+
+def _paths(args) -> dict[str, Path]:
+    out = Path(args.out)
+    return {"vae": out / "vae" / "vae", "anysplat": out / "model3d" / "anysplat", "search": out / "search",
+            "finetune": out / "finetune", "report": out / "report"}
+
+
+def _need(path: Path, stage: str, args) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python -m training.micro {stage} --out {args.out}` first")
+
+
+# ============================================================================================ stages
+def _world(args) -> int:
+    from .shards import generate_world
+
+    counts = {"train": args.train_scenes, "test": args.test_scenes, "novel": args.novel_scenes}
+    generate_world(_world_dir(args), counts, seed=args.seed, shard_size=args.shard_size, workers=args.workers,
+                   progress=not args.quiet)
+    return 0
+
+
+def _vae(args) -> int:
+    from .vae import VAETrainConfig, train_vae
+
+    _threads(args)
+    cfg = VAETrainConfig(steps=args.vae_steps, seed=args.seed)
+    return train_vae(_world_dir(args), Path(args.out) / "vae", cfg, progress=not args.quiet,
+                     stop_after=args.stop_after)
+
+
+def _model3d(args) -> int:
+    from .model3d import Model3DTrainConfig, train_model3d
+
+    _threads(args)
+    cfg = Model3DTrainConfig(steps=args.model3d_steps, seed=args.seed)
+    return train_model3d(_world_dir(args), Path(args.out) / "model3d", cfg, progress=not args.quiet,
+                         stop_after=args.stop_after)
+
+
+def _search(args) -> int:
+    from .. import find_stitching_layer
+
+    p = _paths(args)
+    _need(p["vae"], "vae", args)
+    _need(p["anysplat"], "model3d", args)
+    if (p["search"] / "ranking.json").is_file():
+        logger.info("search: %s/ranking.json exists; delete the folder to search again", p["search"])
+        return 0
+    _threads(args)
+    argv = ["--data", str(_world_dir(args)), "--model", "anysplat", "--model-path", str(p["anysplat"]),
+            "--vae", "wan", "--vae-path", str(p["vae"]), "--config", MICRO_STITCHING, "--layers", "enc",
+            *SIZES, "--samples", str(args.search_samples), "--heldout", str(args.search_heldout),
+            "--seed", str(args.seed), "--out", str(p["search"])] + (["--quiet"] if args.quiet else [])
+    return find_stitching_layer.main(argv)
+
+
+def ranking(search_dir: Path) -> list[dict]:
+    """The search's ranking (best first): [{"layer", "train_mse", "heldout_mse", ...}]."""
+    return json.loads((search_dir / "ranking.json").read_text())["ranking"]
+
+
+def finetune_runs(search_dir: Path, finetune_dir: Path) -> dict[str, dict]:
+    """name -> {"layer", "init": "closed-form" | "random", "output"} for every finetuning run of the stage."""
+    layers = [r["layer"] for r in ranking(search_dir)]
+    runs = {name: {"layer": name, "init": "closed-form", "output": finetune_dir / name} for name in layers}
+    best = layers[0]
+    runs[f"{best}_random"] = {"layer": best, "init": "random", "output": finetune_dir / f"{best}_random"}
+    return runs
+
+
+def _finetune(args) -> int:
+    from .. import train_stitched_decoder
+    from ..runtime import latest_checkpoint
+
+    p = _paths(args)
+    _need(p["search"] / "ranking.json", "search", args)
+    _threads(args)
+    runs = finetune_runs(p["search"], p["finetune"])
+    only = set(args.layers.split(",")) if args.layers else None
+    for name, run in runs.items():
+        if only is not None and name not in only:
+            continue
+        out = run["output"]
+        if (out / "decoder" / "model.safetensors").is_file():
+            logger.info("finetune %s: done (%s)", name, out / "decoder")
+            continue
+        init = (["--init-stitching", str(p["search"] / f"stitching_layer_{run['layer']}.safetensors")]
+                if run["init"] == "closed-form" else ["--cut", run["layer"], "--config", MICRO_STITCHING])
+        argv = ["--data", str(_world_dir(args)), "--model", "anysplat", "--model-path", str(p["anysplat"]),
+                "--vae-path", str(p["vae"]), *init, *SIZES, "--frames", "real", "--steps", str(args.finetune_steps),
+                "--warmup", str(max(1, args.finetune_steps // 15)), "--lora-rank", "16", "--lora-alpha", "8",
+                "--seed", str(args.seed), "--save-every", "250", "--keep-last", "1", "--log-every", "250",
+                "--output", str(out)] + (["--quiet"] if args.quiet else [])
+        if latest_checkpoint(out / "checkpoints") is not None:
+            argv.append("--resume")
+        if args.stop_after is not None:
+            argv += ["--stop-after", str(args.stop_after)]
+        logger.info("finetune %s (%s init)", name, run["init"])
+        code = train_stitched_decoder.main(argv)
+        if code:
+            return code
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    _threads(args)
+    write_report(args.out, _world_dir(args), scenes=args.report_scenes, noise_scenes=args.noise_scenes,
+                 docs=args.docs, progress=not args.quiet)
+    return 0
+
+
+def _ship(args) -> int:
+    from .ship import ship
+
+    ship(args.out, args.to)
+    return 0
+
+
+def _clip(args) -> int:
+    from PIL import Image
+
+    from vist3a.io.atomic import atomic_path, atomic_write
+
+    from .world import CLIP_FRAMES, render_scene, sample_scene
+
+    _threads(args)
+    spec = sample_scene(args.split, args.index, args.seed)
+    frames = render_scene(spec)["frames"][:CLIP_FRAMES]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        with atomic_path(out / f"frame_{i:02d}.png") as tmp:
+            Image.fromarray(frame.numpy()).save(tmp, format="PNG")
+    with atomic_write(out / "caption.txt", "w") as fh:
+        fh.write(spec.caption + "\n")
+    logger.info("%s scene %d: \"%s\" -> %d frames in %s", args.split, args.index, spec.caption, len(frames), out)
+    return 0
+
+
+def _all(args) -> int:
+    for stage in ("world", "vae", "model3d", "search", "finetune", "report"):
+        logger.info("== stage %s", stage)
+        code = STAGES[stage](args)
+        if code:
+            return code
+    return 0
+
+
+STAGES = {"world": _world, "vae": _vae, "model3d": _model3d, "search": _search, "finetune": _finetune,
+          "report": _report, "ship": _ship, "clip": _clip, "all": _all}
+
+
+# ============================================================================================ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.micro", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=list(STAGES), help="what to run")
+    p.add_argument("--out", required=True, help="run folder (everything is written below it)")
+    p.add_argument("--seed", type=int, default=0, help="world and training seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--world", default=None, help="world folder (default <out>/world)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (default 2)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="K",
+                   help="training stages: stop after K steps of this run (checkpoint, exit 0)")
+    w = p.add_argument_group("world")
+    w.add_argument("--train-scenes", type=int, default=DEFAULT_COUNTS["train"])
+    w.add_argument("--test-scenes", type=int, default=DEFAULT_COUNTS["test"])
+    w.add_argument("--novel-scenes", type=int, default=DEFAULT_COUNTS["novel"])
+    w.add_argument("--shard-size", type=int, default=100)
+    w.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="render processes")
+    t = p.add_argument_group("training")
+    t.add_argument("--vae-steps", type=int, default=5000)
+    t.add_argument("--model3d-steps", type=int, default=5000)
+    t.add_argument("--search-samples", type=int, default=800, help="training clips of the layer search")
+    t.add_argument("--search-heldout", type=int, default=200, help="held-out clips of the layer search")
+    t.add_argument("--finetune-steps", type=int, default=1500)
+    t.add_argument("--layers", default=None, help="finetune: only these runs (comma list of run names)")
+    r = p.add_argument_group("report / ship")
+    r.add_argument("--report-scenes", type=int, default=200, help="held-out scenes for the NVS tables")
+    r.add_argument("--noise-scenes", type=int, default=60, help="held-out scenes for the noise curves")
+    r.add_argument("--docs", default=None, help="also write <docs>/micro_world.md and <docs>/micro_world/*.png")
+    r.add_argument("--to", default=None, help="ship: destination (default vist3a/weights/micro of this checkout)")
+    c = p.add_argument_group("clip")
+    c.add_argument("--split", choices=("train", "test", "novel"), default="test")
+    c.add_argument("--index", type=int, default=0, help="scene index within the split")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return STAGES[args.stage](args)
+    except KeyboardInterrupt:
+        logger.warning("interrupted; run the same command again to continue (finished parts are kept)")
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""``python -m training.micro ship``: put a run's micro models into the package (``vist3a/weights/micro``).
+
+Writes, each model in float16 (loaded back as float32):
+
+* ``vae/``      the micro video VAE (diffusers folder: config.json + diffusion_pytorch_model.safetensors);
+* ``anysplat/`` the micro AnySplat (config.json + model.safetensors);
+* ``decoder/``  the best layer's finetuned stitched decoder in the ``weights: "lora"`` variant of our decoder format
+  (LoRA factors, LoRA-layer biases, DINO tokens and stitching layer on top of ``../anysplat``, the shipped AnySplat,
+  whose SHA-256 it records), rebuilt from the finetuning run's last checkpoint;
+* ``README.md`` the model cards (data, command, seed, steps, wall time on the machine that trained them, metrics
+  from the run's report).
+
+The LoRA is applied to the float16-rounded shipped AnySplat; tests/test_micro_shipped.py checks that the shipped
+decoder still reaches the reported novel-view PSNR.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vist3a.io.atomic import atomic_write
+
+__all__ = ["default_destination", "model_cards", "ship"]
+
+logger = logging.getLogger("vist3a.micro")
+
+
+def default_destination() -> Path:
+    import vist3a
+
+    return Path(vist3a.__file__).resolve().parent / "weights" / "micro"
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def _staging(dest: Path, name: str) -> Path:
+    return Path(tempfile.mkdtemp(dir=dest, prefix=f".{name}.", suffix=".tmp"))
+
+
+def ship(run: str | Path, to: str | Path | None = None) -> Path:
+    """Copy the micro models of ``run`` into ``to`` (default the package's weights folder); see the module
+    docstring. Every folder is staged beside its destination and renamed into place."""
+    from diffusers import AutoencoderKLWan
+
+    from vist3a.models import from_pretrained
+    from vist3a.models.loading import save_pretrained
+    from vist3a.stitching import StitchedDecoder
+    from vist3a.stitching.checkpoint import save_decoder
+    from vist3a.stitching.lora import add_lora
+
+    from ..runtime import latest_checkpoint, load_training_state
+    from ..train_stitched_decoder import _lora_targets, load_stitching_init
+    from .cli import ranking
+
+    run = Path(run)
+    dest = Path(to) if to else default_destination()
+    dest.mkdir(parents=True, exist_ok=True)
+    report = run / "report" / "results.json"
+    if not report.is_file():
+        raise FileNotFoundError(f"{report} is missing: run `python -m training.micro report --out {run}` first (the "
+                                "model cards quote its numbers)")
+    best = ranking(run / "search")[0]["layer"]
+    ft = run / "finetune" / best
+    ckpt = latest_checkpoint(ft / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{ft}/checkpoints has no checkpoint; finish the finetune stage first")
+    train_cfg = json.loads((ft / "train_config.json").read_text())
+
+    tmp = _staging(dest, "vae")
+    AutoencoderKLWan.from_pretrained(str(run / "vae" / "vae")).to(torch.float16).save_pretrained(
+        tmp, safe_serialization=True)
+    _replace_dir(tmp, dest / "vae")
+
+    tmp = _staging(dest, "anysplat")
+    save_pretrained(from_pretrained(run / "model3d" / "anysplat").half(), tmp)
+    _replace_dir(tmp, dest / "anysplat")
+
+    base = from_pretrained(dest / "anysplat", model="anysplat").float()
+    layer, cut = load_stitching_init(run / "search" / f"stitching_layer_{best}.safetensors", 16)
+    student = StitchedDecoder(copy.deepcopy(base), cut, layer)
+    add_lora(student, r=int(train_cfg["lora_rank"]), alpha=float(train_cfg["lora_alpha"]),
+             target_modules=_lora_targets(student))
+    state = load_training_state(ckpt)
+    params = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(state.tensors))
+    if missing:
+        raise ValueError(f"{ckpt} lacks trained tensors {missing[:4]}: it is not this decoder's run")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state.tensors[name])
+    student.base_id = "vist3a micro AnySplat (vist3a/weights/micro/anysplat)"
+    tmp = _staging(dest, "decoder")
+    save_decoder(student.eval(), tmp, dtype=torch.float16, video_size=64, base_source="../anysplat")
+    _replace_dir(tmp, dest / "decoder")
+
+    results = json.loads(report.read_text())
+    with atomic_write(dest / "README.md", "w") as fh:
+        fh.write(model_cards(run, results, best, int(state.step)))
+    logger.info("shipped the micro models of %s to %s", run, dest)
+    return dest
+
+
+def _steps(path: Path) -> tuple[int | None, float | None]:
+    if not path.is_file():
+        return None, None
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return (lines[-1]["step"], lines[-1].get("time")) if lines else (None, None)
+
+
+def _fmt_min(s) -> str:
+    return "unknown" if not s else f"{s / 60:.0f} min"
+
+
+def model_cards(run: Path, res: dict, best: str, finetune_steps: int) -> str:
+    """The README.md of the shipped folder (three model cards)."""
+    vae_steps, vae_time = _steps(run / "vae" / "metrics.jsonl")
+    m3_steps, m3_time = _steps(run / "model3d" / "metrics.jsonl")
+    _, ft_time = _steps(run / "finetune" / best / "metrics.jsonl")
+    nvs = res["nvs"]
+    lp = " / LPIPS {:.3f}".format
+    world = res.get("times", {}).get("world", {})
+
+    def nv(r: dict) -> str:
+        return f"PSNR {r['psnr']:.2f} dB / SSIM {r['ssim']:.3f}" + (lp(r["lpips"]) if "lpips" in r else "")
+
+    return f"""# Micro-world models (shipped with vist3a)
+
+Small models trained on the **micro world** (`training/micro/`): seeded scenes of 1-3 coloured primitives (sphere,
+cube, cone, cylinder, torus; 8 colours; 2 sizes) on a textured ground under a sky, rendered with `vist3a.render`
+as 9-frame 64x64 clips from a camera orbiting at constant distance. 4000 training scenes, 200 held-out test scenes
+(every metric below), 100 "novel" scenes with colour x shape pairs never trained on. World generation: {_fmt_min(
+world.get("wall_s"))} wall time. Everything was trained on a 2-core CPU (no GPU), seed 0, by
+
+```
+python -m training.micro all --out runs/micro     # resumable; then
+python -m training.micro ship --out runs/micro    # writes this folder
+```
+
+Weights are stored in float16 and loaded as float32. They know the micro world only; on other images they produce
+nonsense. Licence: that of this package.
+
+## vae/ - micro video VAE
+
+diffusers `AutoencoderKLWan` (base width 16, dim_mult [1, 2, 2, 2], 1 res block, 16 latent channels; 8x spatial,
+4x temporal compression: 9 x 64 x 64 -> 16 x 3 x 8 x 8), {res['params']['vae'] / 1e6:.2f}M parameters. Trained
+{vae_steps} steps (batch 4 clips, L1 + MSE + 1e-4 KL, AdamW 5e-4, cosine), {_fmt_min(vae_time)}.
+`latents_mean` / `latents_std` in its config are measured on 256 training clips.
+Held-out reconstruction PSNR: **{res['vae']['psnr']:.2f} dB** ({res['vae']['clips']} clips, posterior mean).
+
+## anysplat/ - micro AnySplat (the "pretrained 3D model")
+
+This pack's `vist3a.models.AnySplat`, width 128, 6 DINO blocks + 6 frame/global pairs, 56x56 frames (4x4 tokens),
+SH degree 1, {res['params']['anysplat'] / 1e6:.2f}M parameters. Trained {m3_steps} steps from scratch (one scene of 9 views per step; camera + depth losses against
+the ground truth, photometric L1 + SSIM of its Gaussians rendered at 2 context and 2 novel views; AdamW 3e-4),
+{_fmt_min(m3_time)}. Novel-view synthesis on the held-out scenes (9 context views, 4 novel views each, context-
+aligned ground-truth poses): **{nv(nvs['anysplat'])}**.
+
+## decoder/ - micro stitched decoder (`--preset micro`)
+
+The micro AnySplat cut at **{best}** (the layer the closed-form search ranked best) and fed from the micro VAE's
+latents by one Conv3d stitching layer (`conv3d_k5x3x3_o128_s1x2x2_p2x1x1`, initialised in closed form), then
+finetuned {finetune_steps} steps with LoRA (r 16, alpha 8) against the micro AnySplat's own outputs on the real
+frames (no labels; `training.train_stitched_decoder`), {_fmt_min(ft_time)}. Stored as LoRA on `../anysplat`
+(`weights: "lora"` in decoder_config.json; the base's SHA-256 is checked on load).
+Held-out novel-view synthesis from latents: **{nv(nvs['stitched'])}** (heads reading the input frames), {
+nv(nvs['stitched_decoded'])} (heads reading the VAE-decoded frames).
+
+The full report, with the layer ranking, initialisation and noise-robustness measurements: `docs/micro_world.md`.
+"""
