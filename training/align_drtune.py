@@ -770,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT, help="CFG negative prompt (published)")
     vid.add_argument("--gen-prompt", default="a static scene", help="text for data clips without a caption")
     dat = p.add_argument_group("data for the flow-matching loss")
-    dat.add_argument("--data", default=None, help="folder of scenes (training/data.py layouts)")
+    dat.add_argument("--data", default=None, help="folder of scenes (training/data.py layouts) or a micro world")
     dat.add_argument("--synthetic", action="store_true", help="procedural synthetic scenes instead of --data")
     dat.add_argument("--samples", type=int, default=10000, help="clips in the dataset (drawn per index)")
     dat.add_argument("--window", type=int, default=50, help="frames per scene window")
@@ -812,7 +812,7 @@ def config_from_args(args) -> AlignConfig:
 
 def _build(args, config: AlignConfig, ctx):
     """(pipe, decoder, rewards, dataset) for the CLI."""
-    from .data import FolderClips, SyntheticClips
+    from .data import FolderClips, SyntheticClips, is_micro_world, micro_world_clips
     from .rewards import ClipScorer, OpenClipScorer
 
     pairs = parse_reward_spec(args.reward)
@@ -862,7 +862,10 @@ def _build(args, config: AlignConfig, ctx):
                             lpips=lpips)
     dataset = None
     if config.gen_weight > 0:
-        if args.data:
+        if args.data and is_micro_world(args.data):
+            dataset = micro_world_clips(args.data, args.samples, views=config.num_frames, vae_size=config.height,
+                                        model_size=config.height // 16 * 14, seed=args.seed)
+        elif args.data:
             dataset = FolderClips(args.data, args.samples, views=config.num_frames, window=args.window,
                                   vae_size=config.height, model_size=config.height // 16 * 14, seed=args.seed,
                                   skip_short=True)

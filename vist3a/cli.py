@@ -259,6 +259,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         pipe = TextTo3DPipeline.tiny(seed=0, decoder=args.decoder, lora=args.lora)
         if device != "cpu":
             pipe.to(device)
+    elif args.preset == "micro":
+        pipe = TextTo3DPipeline.micro()
+        if device != "cpu":
+            pipe.to(device)
     else:
         if device == "cpu":
             log.warning("running the full-size models on the CPU: expect hours, not minutes (use a CUDA GPU, or "
@@ -369,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="text -> 3D scene (.ply / .splat) with Wan 2.1 + the stitched decoder")
     p.add_argument("prompt", help="scene description, e.g. \"a red sports car\"")
-    _add_common(p)
-    p.add_argument("--steps", type=int, help="denoising steps (default 50; tiny preset 4)")
+    _add_common(p, presets=("tiny", "micro"))
+    p.add_argument("--steps", type=int, help="denoising steps (default 50; tiny preset 4, micro 20)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--flow-shift", type=float, help="UniPC flow shift (default 5.0)")
     p.add_argument("--negative-prompt", help="negative prompt (default: the published one; \"\" for none)")

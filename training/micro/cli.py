@@ -11,6 +11,13 @@ what is finished):
 * ``finetune``  ``training.train_stitched_decoder`` (LoRA, self-supervised by the micro AnySplat) for every searched
   layer from its closed-form initialisation, and for the best layer from a random initialisation ->
   ``<out>/finetune/<layer>`` and ``<out>/finetune/<best>_random``
+* ``scorer``    train the micro reward model (a small transformers CLIP) -> ``<out>/scorer/clip``
+* ``t2v``       cache the micro VAE's latents of the training clips, train the micro Wan (transformer + text encoder)
+  by flow matching -> ``<out>/t2v/pipeline`` (a diffusers WanPipeline folder)
+* ``align``     ``training.align_drtune`` on the micro models (rewards: the micro CLIP on decoded frames and on
+  renders of the stitched decoder's Gaussians, 3D consistency) -> ``<out>/align/lora_ema``
+* ``judge``     train the ground-truth judge (object count, colour and shape sets from one render; trained on the
+  world's labels, never on the reward) used to measure text adherence -> ``<out>/judge``
 * ``report``    the paper's claims measured on held-out scenes -> ``<out>/report`` (results.json, report.md, PNGs);
   ``--docs docs`` also writes ``docs/micro_world.md`` + ``docs/micro_world/*.png``
 * ``ship``      copy the micro VAE, AnySplat and best stitched decoder (float16) with model cards into the
@@ -154,12 +161,80 @@ def _finetune(args) -> int:
     return 0
 
 
+def _scorer(args) -> int:
+    from .scorer import ScorerTrainConfig, train_scorer
+
+    _threads(args)
+    cfg = ScorerTrainConfig(steps=args.scorer_steps, seed=args.seed)
+    return train_scorer(_world_dir(args), Path(args.out) / "scorer", cfg, progress=not args.quiet,
+                        stop_after=args.stop_after)
+
+
+def _judge(args) -> int:
+    from .judge import JudgeTrainConfig, train_judge
+
+    _threads(args)
+    return train_judge(_world_dir(args), Path(args.out) / "judge", JudgeTrainConfig(seed=args.seed),
+                       progress=not args.quiet, stop_after=args.stop_after)
+
+
+def _t2v(args) -> int:
+    from .t2v import T2VTrainConfig, train_t2v
+
+    p = _paths(args)
+    _need(p["vae"], "vae", args)
+    _threads(args)
+    cfg = T2VTrainConfig(steps=args.t2v_steps, seed=args.seed)
+    return train_t2v(_world_dir(args), p["vae"], Path(args.out) / "t2v", cfg, progress=not args.quiet,
+                     stop_after=args.stop_after)
+
+
+ALIGN_PROMPTS = "prompts.txt"
+
+
+def _align(args) -> int:
+    from .. import align_drtune
+    from ..runtime import latest_checkpoint
+    from .world import sample_scene
+
+    p = _paths(args)
+    out = Path(args.out) / "align"
+    best = ranking(p["search"])[0]["layer"]
+    for need, stage in ((Path(args.out) / "t2v" / "pipeline", "t2v"), (Path(args.out) / "scorer" / "clip", "scorer"),
+                        (p["finetune"] / best / "decoder", "finetune")):
+        _need(need, stage, args)
+    if (out / "lora_ema" / "adapter_model.safetensors").is_file() and (out / "done").is_file():
+        logger.info("align: done (%s)", out / "lora_ema")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = out / ALIGN_PROMPTS
+    if not prompts.is_file():  # training captions (never the test or novel splits)
+        from vist3a.io.atomic import atomic_write
+
+        with atomic_write(prompts, "w") as fh:
+            fh.write("".join(sample_scene("train", i, args.seed).caption + "\n" for i in range(args.align_prompts)))
+    _threads(args)
+    argv = ["--wan", str(Path(args.out) / "t2v" / "pipeline"), "--decoder", str(p["finetune"] / best / "decoder"),
+            "--clip", str(Path(args.out) / "scorer" / "clip"), "--data", str(_world_dir(args)), "--prompts",
+            str(prompts), "--frames", "9", "--height", "64", "--width", "64", "--max-sequence-length", "64",
+            "--negative-prompt", "", "--t-min", "10", "--t-max", "20", "--steps", str(args.align_steps),
+            "--reward", "quality_frames:0.0625,quality_renders:0.0625,consistency:0.05", "--gen-weight", "1.0",
+            "--save-every", "50", "--seed", str(args.seed), "--output", str(out)] + (["--quiet"] if args.quiet
+                                                                                   else [])
+    if latest_checkpoint(out / "checkpoints") is not None:
+        argv.append("--resume")
+    code = align_drtune.main(argv)
+    if code == 0:
+        (out / "done").write_text("finished\n")
+    return code
+
+
 def _report(args) -> int:
     from .report import write_report
 
     _threads(args)
     write_report(args.out, _world_dir(args), scenes=args.report_scenes, noise_scenes=args.noise_scenes,
-                 docs=args.docs, progress=not args.quiet)
+                 docs=args.docs, progress=not args.quiet, t2v_prompts=args.t2v_prompts)
     return 0
 
 
@@ -192,7 +267,7 @@ def _clip(args) -> int:
 
 
 def _all(args) -> int:
-    for stage in ("world", "vae", "model3d", "search", "finetune", "report"):
+    for stage in ("world", "vae", "model3d", "search", "finetune", "scorer", "t2v", "align", "judge", "report"):
         logger.info("== stage %s", stage)
         code = STAGES[stage](args)
         if code:
@@ -201,7 +276,8 @@ def _all(args) -> int:
 
 
 STAGES = {"world": _world, "vae": _vae, "model3d": _model3d, "search": _search, "finetune": _finetune,
-          "report": _report, "ship": _ship, "clip": _clip, "all": _all}
+          "scorer": _scorer, "t2v": _t2v, "align": _align, "judge": _judge, "report": _report, "ship": _ship, "clip": _clip,
+          "all": _all}
 
 
 # ============================================================================================ CLI
@@ -223,15 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--shard-size", type=int, default=100)
     w.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="render processes")
     t = p.add_argument_group("training")
-    t.add_argument("--vae-steps", type=int, default=5000)
-    t.add_argument("--model3d-steps", type=int, default=5000)
+    t.add_argument("--vae-steps", type=int, default=3000)
+    t.add_argument("--model3d-steps", type=int, default=3500)
     t.add_argument("--search-samples", type=int, default=800, help="training clips of the layer search")
     t.add_argument("--search-heldout", type=int, default=200, help="held-out clips of the layer search")
     t.add_argument("--finetune-steps", type=int, default=1500)
     t.add_argument("--layers", default=None, help="finetune: only these runs (comma list of run names)")
+    t.add_argument("--scorer-steps", type=int, default=2000)
+    t.add_argument("--t2v-steps", type=int, default=8000)
+    t.add_argument("--align-steps", type=int, default=300)
+    t.add_argument("--align-prompts", type=int, default=500, help="training captions used as DRTune prompts")
     r = p.add_argument_group("report / ship")
     r.add_argument("--report-scenes", type=int, default=200, help="held-out scenes for the NVS tables")
     r.add_argument("--noise-scenes", type=int, default=60, help="held-out scenes for the noise curves")
+    r.add_argument("--t2v-prompts", type=int, default=40, help="held-out prompts per split for text to 3D")
     r.add_argument("--docs", default=None, help="also write <docs>/micro_world.md and <docs>/micro_world/*.png")
     r.add_argument("--to", default=None, help="ship: destination (default vist3a/weights/micro of this checkout)")
     c = p.add_argument_group("clip")

@@ -286,7 +286,7 @@ def to_model_size(frames: Tensor, size: int) -> Tensor:
 
 class MicroClips(Dataset):
     """The clip layout of :mod:`training.data` (``{"vae": (T, 3, 64, 64), "model": (T, 3, 56, 56), "scene",
-    "indices"}``) over a micro world's orbit frames, so the layer search and the stitched finetuning read a world
+    "indices", "caption"}``) over a micro world's orbit frames, so the layer search and the stitched finetuning read a world
     folder like any ``--data`` folder. ``views`` must equal the world's clip length (the whole orbit)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", samples: int | None = None, *, views: int = 9,
@@ -314,4 +314,4 @@ class MicroClips(Dataset):
         item = self.scenes[self._order[index % len(self.scenes)]]
         vae = item["frames"][: self.views]
         return {"vae": vae, "model": to_model_size(vae, self.model_size), "scene": f"{self.scenes.split}/"
-                f"{item['index']}", "indices": list(range(self.views))}
+                f"{item['index']}", "indices": list(range(self.views)), "caption": item["caption"]}

@@ -5,7 +5,7 @@ temporal compression, causal 3D convs; a 9-frame 64x64 clip -> a (16, 3, 8, 8) l
 that takes "a Wan VAE" takes it: the layer search, the stitched finetuning, the pipelines.
 
 Training: L1 + MSE reconstruction of whole clips (input [-1, 1]) from a posterior sample, plus a small KL term
-(per-element mean, weight ``kl_weight``); AdamW, warmup + cosine. After training, the per-channel mean / std of the
+(per-element mean, weight ``kl_weight``); AdamW (lr 1e-3), warmup + cosine, grad-norm clip 1. After training, the per-channel mean / std of the
 raw latents over training clips are written into the config's ``latents_mean`` / ``latents_std`` (what
 ``WanPipeline`` uses to normalise latents for the transformer), and the model is saved with ``save_pretrained``.
 """
@@ -35,9 +35,9 @@ MICRO_VAE_CONFIG = {"base_dim": 16, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_
 
 @dataclass
 class VAETrainConfig:
-    steps: int = 5000
+    steps: int = 3000
     batch: int = 4
-    lr: float = 5e-4
+    lr: float = 1e-3
     warmup: int = 200
     kl_weight: float = 1e-4
     seed: int = 0

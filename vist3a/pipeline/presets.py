@@ -25,8 +25,24 @@ import torch
 
 from .settings import GenerationSettings
 
-__all__ = ["MICRO_SETTINGS", "MICRO_WEIGHTS", "TINY_SETTINGS", "TINY_STITCHING", "TINY_WARNING", "micro_anysplat",
-           "micro_decoder", "micro_path", "micro_video_vae", "tiny_decoder", "tiny_tokenizer", "tiny_wan_pipeline"]
+__all__ = [
+    "MICRO_SETTINGS",
+    "MICRO_WEIGHTS",
+    "TINY_SETTINGS",
+    "TINY_STITCHING",
+    "TINY_WARNING",
+    "micro_anysplat",
+    "micro_decoder",
+    "micro_path",
+    "micro_prompt_note",
+    "micro_video_vae",
+    "micro_vocabulary",
+    "micro_wan_pipeline",
+    "tiny_decoder",
+    "tiny_tokenizer",
+    "tiny_wan_pipeline",
+    "word_tokenizer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +66,23 @@ def tiny_tokenizer():
     tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", max_input_chars_per_word=200))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def word_tokenizer(texts):
+    """A word-level fast tokenizer over every word and punctuation group in ``texts`` (lower-cased; ``<pad>``=0,
+    ``</s>``=1 appended to every sequence, ``<unk>``=2), built in memory: the micro models' tokenizer (their
+    vocabulary is the micro world's words plus the prompt template's)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Whitespace()
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t.lower())})
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "</s>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
@@ -90,9 +123,12 @@ def tiny_decoder(seed: int = 0, kind: str = "anysplat"):
 #: where the shipped micro models live (package data)
 MICRO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "micro"
 #: the micro world's video: 9 frames of 64x64 (3D model: 56x56)
-MICRO_SETTINGS = GenerationSettings(num_frames=9, height=64, width=64, num_inference_steps=20, max_sequence_length=32)
+MICRO_SETTINGS = GenerationSettings(num_frames=9, height=64, width=64, num_inference_steps=20, guidance_scale=5.0,
+                                    negative_prompt="", max_sequence_length=64)
 _MICRO_PARTS = {"vae": "diffusion_pytorch_model.safetensors", "anysplat": "model.safetensors",
-                "decoder": "model.safetensors"}
+                "decoder": "model.safetensors", "transformer": "diffusion_pytorch_model.safetensors",
+                "text_encoder": "model.safetensors", "tokenizer": "tokenizer.json",
+                "lora": "adapter_model.safetensors"}
 
 
 def micro_path(part: str) -> Path:
@@ -129,3 +165,52 @@ def micro_decoder():
 
     micro_path("anysplat")
     return load_decoder(micro_path("decoder"), dtype=torch.float32)
+
+
+def micro_wan_pipeline(lora: bool = True):
+    """The shipped micro text-to-video model as a diffusers ``WanPipeline`` (micro transformer, text encoder,
+    word-level tokenizer, micro VAE, the VIST3A UniPC scheduler), with the DRTune-aligned EMA LoRA applied when
+    ``lora`` (and shipped)."""
+    from diffusers import WanPipeline, WanTransformer3DModel
+    from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
+
+    from .wan import load_vist3a_lora, make_scheduler
+
+    transformer = WanTransformer3DModel.from_pretrained(str(micro_path("transformer")), torch_dtype=torch.float32)
+    text = UMT5EncoderModel.from_pretrained(str(micro_path("text_encoder")), dtype=torch.float32)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(micro_path("tokenizer")))
+    pipe = WanPipeline(tokenizer=tok, text_encoder=text.eval(), transformer=transformer.eval(),
+                       vae=micro_video_vae(), scheduler=make_scheduler(MICRO_SETTINGS.flow_shift))
+    if lora and (MICRO_WEIGHTS / "lora" / _MICRO_PARTS["lora"]).is_file():
+        pipe.transformer = load_vist3a_lora(pipe.transformer, micro_path("lora"))
+    return pipe
+
+
+def micro_vocabulary() -> dict[str, list[str]]:
+    """What the micro world knows, by kind (shapes, colours, sizes, grounds, skies, words), from the shipped
+    ``vocabulary.json``."""
+    import json
+
+    path = MICRO_WEIGHTS / "vocabulary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall vist3a or re-ship the micro models")
+    return json.loads(path.read_text())
+
+
+def micro_prompt_note(prompt: str) -> str | None:
+    """None when every word of ``prompt`` is in the micro world's vocabulary; otherwise a message naming the
+    unknown words and listing what the micro world knows (unknown words are not an error: the model ignores
+    them, so the user must be told)."""
+    import re
+
+    vocab = micro_vocabulary()
+    known = {w for words in vocab.values() for w in words}
+    words = re.findall(r"[a-z0-9]+", prompt.lower())
+    unknown = sorted({w for w in words if w not in known})
+    if not unknown:
+        return None
+    kinds = "; ".join(f"{k}: {', '.join(v)}" for k, v in vocab.items() if k != "words")
+    return (f"--preset micro knows only the micro world; these words mean nothing to it and are ignored: "
+            f"{', '.join(unknown)}. It knows {kinds}; and spatial words (to the left of, to the right of, in front "
+            f"of, behind, from left to right). Example: \"a small red cube to the left of a large blue sphere on "
+            f"grass under a blue sky\"")

@@ -69,6 +69,8 @@ class TextTo3DPipeline:
         self.settings = settings or GenerationSettings()
         self.untrained = bool(untrained)
         self._offload_device: torch.device | None = None
+        #: optional ``prompt -> message | None`` (``--preset micro``: words outside the model's vocabulary)
+        self.prompt_note = None
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -112,6 +114,22 @@ class TextTo3DPipeline:
             wan.transformer = load_vist3a_lora(wan.transformer, lora)
         dec = tiny_decoder(seed, decoder_kind) if decoder is None else load_stitched_decoder(decoder)
         return cls(wan, dec, TINY_SETTINGS, untrained=True)
+
+    @classmethod
+    def micro(cls, lora: bool = True) -> TextTo3DPipeline:
+        """``--preset micro``: the shipped micro models trained on the micro world (micro Wan + its DRTune LoRA +
+        the micro stitched decoder; :mod:`vist3a.pipeline.presets`): 9 frames of 64x64, 20 steps; CPU, offline,
+        seconds. Prompts are checked against the micro world's vocabulary (unknown words are logged)."""
+        from .presets import (
+            MICRO_SETTINGS,
+            micro_decoder,
+            micro_prompt_note,
+            micro_wan_pipeline,
+        )
+
+        pipe = cls(micro_wan_pipeline(lora=lora), micro_decoder(), MICRO_SETTINGS)
+        pipe.prompt_note = micro_prompt_note
+        return pipe
 
     # ------------------------------------------------------------------------------------------ placement
     def to(self, device: str | torch.device) -> TextTo3DPipeline:
@@ -185,6 +203,9 @@ class TextTo3DPipeline:
             s = s.replace(prompt_template=prompt_template or "")
         s.check()
         text = apply_template(prompt, s.prompt_template)
+        note = self.prompt_note(prompt) if self.prompt_note is not None else None
+        if note:
+            logger.warning("%s", note)
         if self.untrained:
             from .presets import TINY_WARNING
 
@@ -213,6 +234,6 @@ class TextTo3DPipeline:
         gaussians, cameras, pointmap, depth = run_decoder(self.decoder, raw.float(), frames3d, self._offload_device)
         info = {"prompt": prompt, "text": text, "seed": seed, "num_frames": s.num_frames, "height": s.height,
                 "width": s.width, "steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
-                "flow_shift": s.flow_shift, "untrained": self.untrained}
+                "flow_shift": s.flow_shift, "untrained": self.untrained, "prompt_note": note}
         return SceneOutput(gaussians, cameras, pointmap, frames[0].cpu() if (frames is not None and return_frames)
                            else None, depth, raw.float().cpu(), info)
