@@ -16,7 +16,7 @@ logger = logging.getLogger("vist3a.nodes")
 LORA_13B = "HJGO/VIST3A/vist3a_1.3b_lora_ema"
 LORA_14B = "HJGO/VIST3A/vist3a_14b_lora_ema"
 NO_LORA = "none (base Wan)"
-PRESETS = ["comfy", "tiny"]
+PRESETS = ["comfy", "micro", "tiny"]
 
 
 def _local_adapters() -> list[str]:
@@ -124,13 +124,28 @@ def sample_comfy(node, model, positive, negative, lora_state, strength, seed, st
     return samples
 
 
-def sample_tiny(node, prompt, seed, steps, cfg, frames, width, height, shift):
-    """The tiny untrained diffusers Wan (``vist3a.pipeline.presets``): plumbing tests without ComfyUI models."""
-    from vist3a.pipeline import apply_template, to_raw_latent
-    from vist3a.pipeline.presets import TINY_WARNING, tiny_wan_pipeline
+def sample_preset(node, preset, prompt, seed, steps, cfg, frames, width, height, shift):
+    """A built-in diffusers Wan (``vist3a.pipeline.presets``) -> raw latent: ``micro`` (the shipped micro Wan with
+    its DRTune LoRA, trained on the micro world; empty negative prompt) or ``tiny`` (untrained; plumbing tests)."""
+    from vist3a.pipeline import PROMPT_TEMPLATE, apply_template, to_raw_latent
+    from vist3a.pipeline.presets import TINY_WARNING, micro_prompt_note, micro_wan_pipeline, tiny_wan_pipeline
 
-    logger.warning("%s: %s", node, TINY_WARNING)
-    pipe = tiny_wan_pipeline(0, float(shift))
+    if preset == "micro":
+        try:
+            pipe = micro_wan_pipeline()
+        except FileNotFoundError as err:
+            raise ValueError(f"{node}: {err}") from None
+        note = micro_prompt_note(prompt or "")
+        if note:
+            logger.warning("%s: %s", node, note)
+        text, length = apply_template(prompt or "a red cube on grass under a blue sky", PROMPT_TEMPLATE), 64
+    else:
+        logger.warning("%s: %s", node, TINY_WARNING)
+        pipe = tiny_wan_pipeline(0, float(shift))
+        text, length = apply_template(prompt or "a test scene", None), 64
+    from vist3a.pipeline.wan import make_scheduler
+
+    pipe.scheduler = make_scheduler(float(shift))
     pipe.set_progress_bar_config(disable=True)
     bar = _comfy.progress_bar(steps)
 
@@ -140,9 +155,9 @@ def sample_tiny(node, prompt, seed, steps, cfg, frames, width, height, shift):
         return kwargs
 
     gen = torch.Generator("cpu").manual_seed(int(seed))
-    latent = pipe(prompt=apply_template(prompt or "a test scene", None), height=height, width=width,
+    latent = pipe(prompt=text, negative_prompt="" if preset == "micro" else None, height=height, width=width,
                   num_frames=frames, num_inference_steps=int(steps), guidance_scale=float(cfg), generator=gen,
-                  output_type="latent", max_sequence_length=64, callback_on_step_end=on_step).frames
+                  output_type="latent", max_sequence_length=length, callback_on_step_end=on_step).frames
     return to_raw_latent(pipe.vae, latent.float()).float().cpu()
 
 
@@ -150,8 +165,10 @@ class WanVIST3ASampler:
     DESCRIPTION = ("Samples a multi-view VIST3A video latent with ComfyUI's Wan 2.1 T2V model: applies the VIST3A "
                    "LoRA and the published settings (13 frames, 512x512, UniPC with flow shift 5, CFG 7.5, 50 steps). "
                    "Encode the prompt with the camera-orbit template (VIST3A Prompt Template node). Returns a "
-                   "standard LATENT (raw Wan VAE space) for the VIST3A decode nodes or VAEDecode. preset 'tiny' "
-                   "ignores the model and uses an untrained tiny Wan (tests only).")
+                   "standard LATENT (raw Wan VAE space) for the VIST3A decode nodes or VAEDecode. preset 'micro' "
+                   "ignores the model and uses the small Wan shipped with the pack, trained on the micro world "
+                   "(coloured primitives on a textured ground; 64x64, 9 frames; pair it with the micro-anysplat "
+                   "decoder); 'tiny' uses an untrained tiny Wan (tests only).")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
@@ -177,13 +194,17 @@ class WanVIST3ASampler:
                                    step=16)),
             "flow_shift": ("FLOAT", _tip("Flow-matching shift of the UniPC schedule (published: 5.0).", default=5.0,
                                          min=0.0, max=100.0, step=0.1)),
-            "preset": (PRESETS, _tip("comfy: use the connected MODEL / CONDITIONING. tiny: an untrained tiny Wan "
-                                     "built in memory (CI / plumbing tests; use 64x64, 9 frames, few steps).")),
+            "preset": (PRESETS, _tip("comfy: use the connected MODEL / CONDITIONING. micro: the shipped micro-world "
+                                     "Wan (CPU, seconds; use 64x64, 9 frames, 20 steps, CFG 5, and the "
+                                     "micro-anysplat decoder). tiny: an untrained tiny Wan built in memory (CI / "
+                                     "plumbing tests).")),
         }, "optional": {
             "model": ("MODEL", _tip("Wan 2.1 T2V model (UNETLoader wan2.1_t2v_1.3B); required for preset comfy.")),
             "positive": ("CONDITIONING", _tip("Prompt encoded with the camera-orbit template (CLIPTextEncode).")),
             "negative": ("CONDITIONING", _tip("Negative prompt (the published one: VIST3A Prompt Template).")),
-            "tiny_prompt": ("STRING", _tip("Prompt for preset tiny only (the tiny model has its own text encoder).",
+            "tiny_prompt": ("STRING", _tip("Prompt for presets micro and tiny (their models have their own text "
+                                           "encoders); micro knows the micro world's words, e.g. 'a small red cube "
+                                           "to the left of a large blue sphere on grass under a blue sky'.",
                                            default="a red sports car")),
         }}
 
@@ -192,14 +213,14 @@ class WanVIST3ASampler:
         node = "WanVIST3ASampler"
         _check_video(node, frames, width, height)
         _comfy.check_interrupt()
-        if preset == "tiny":
-            return ({"samples": sample_tiny(node, tiny_prompt, seed, steps, cfg, frames, width, height,
-                                            flow_shift)},)
+        if preset in ("micro", "tiny"):
+            return ({"samples": sample_preset(node, preset, tiny_prompt, seed, steps, cfg, frames, width, height,
+                                              flow_shift)},)
         if preset != "comfy":
-            raise ValueError(f"{node}: unknown preset {preset!r}; use comfy or tiny")
+            raise ValueError(f"{node}: unknown preset {preset!r}; use comfy, micro or tiny")
         if model is None or positive is None or negative is None:
             raise ValueError(f"{node}: connect model (Wan 2.1 T2V), positive and negative conditioning, or set preset "
-                             "to tiny for a test run")
+                             "to micro (the shipped micro-world Wan) or tiny (a test run)")
         state = load_lora_state(node, lora)
         samples = sample_comfy(node, model, positive, negative, state, lora_strength, seed, steps, cfg, frames, width,
                                height, flow_shift)

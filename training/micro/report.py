@@ -184,6 +184,7 @@ def collect(run: str | Path, world: str | Path, *, scenes: int = 200, noise_scen
                                           desc="stitched (decoded)", **kw),
            "decode_reconstruct": nvs_scores("decode_reconstruct", test, idx, desc="decode+AnySplat", **kw)}
     res["nvs"] = {k: strip(v) for k, v in nvs.items()}
+    res["nvs_per_scene"] = {k: [round(p["psnr"], 4) for p in v["per_scene"]] for k, v in nvs.items()}
     wins = sum(a["psnr"] >= b["psnr"] for a, b in zip(nvs["stitched"]["per_scene"], nvs["anysplat"]["per_scene"]))
     res["nvs"]["stitched_wins"] = wins
     logger.info("report (a): NVS PSNR AnySplat %.2f, stitched %.2f", nvs["anysplat"]["psnr"], nvs["stitched"]["psnr"])

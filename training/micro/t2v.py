@@ -8,9 +8,9 @@ published camera-orbit template), so sampling it exercises the code the full-siz
 
 Training (:func:`train_t2v`):
 
-1. :func:`cache_latents` encodes every training clip once with the micro VAE (posterior mean and log-variance,
-   one safetensors file per world shard, resumable);
-2. per step, a batch of clips: a latent sampled from the cached posterior, normalised; captions wrapped in
+1. :func:`cache_latents` encodes every training clip once with the micro VAE (the posterior mean, the latent the
+   VAE's ``latents_mean`` / ``latents_std`` statistics describe; one safetensors file per world shard, resumable);
+2. per step, a batch of clips: the cached latents, normalised; captions wrapped in
    :data:`vist3a.pipeline.settings.PROMPT_TEMPLATE`, replaced by the empty prompt with probability ``uncond_p``
    (classifier-free guidance, sampled with the empty negative prompt); text encoded through the pipeline's own
    ``encode_prompt`` with gradients (the text encoder is trained jointly); the rectified-flow loss of
@@ -90,8 +90,8 @@ class T2VTrainConfig:
 # ============================================================================================ latent cache
 @torch.no_grad()
 def cache_latents(world: str | Path, vae, out: str | Path, split: str = "train", progress: bool = True) -> Path:
-    """Encode every clip of ``split`` (posterior mean and log-variance, float16) into ``out/<split>_NNNNN`` files,
-    one per world shard; finished files are kept (resumable)."""
+    """Encode every clip of ``split`` (posterior mean, float16) into ``out/<split>_NNNNN`` files, one per world
+    shard; finished files are kept (resumable)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -107,35 +107,32 @@ def cache_latents(world: str | Path, vae, out: str | Path, split: str = "train",
             if path.is_file():
                 bar.update(hi - lo)
                 continue
-            means, logvars, captions = [], [], []
+            means, captions = [], []
             for i in range(lo, hi, 8):
                 items = [scenes[j] for j in range(i, min(i + 8, hi))]
                 x = torch.stack([it["frames"][:f] for it in items]).permute(0, 2, 1, 3, 4) * 2 - 1
-                dist = vae.encode(x).latent_dist
-                means.append(dist.mean.half())
-                logvars.append(dist.logvar.half())
+                means.append(vae.encode(x).latent_dist.mean.half())
                 captions += [it["caption"] for it in items]
                 bar.update(len(items))
             with atomic_path(path) as tmp:
-                save_file({"mean": torch.cat(means), "logvar": torch.cat(logvars)}, tmp,
+                save_file({"mean": torch.cat(means)}, tmp,
                           metadata={"captions": json.dumps(captions), "first": str(lo)})
     return out
 
 
-def load_latents(folder: str | Path, split: str = "train") -> tuple[Tensor, Tensor, list[str]]:
-    """(mean (N, 16, T, h, w) float32, logvar, captions) of every cached clip of ``split``, in scene order."""
+def load_latents(folder: str | Path, split: str = "train") -> tuple[Tensor, list[str]]:
+    """(latent means (N, 16, T, h, w) float32, captions) of every cached clip of ``split``, in scene order."""
     from safetensors import safe_open
 
     files = sorted(Path(folder).glob(f"{split}_*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no cached latents in {folder}; they are made by the t2v stage")
-    means, logvars, caps = [], [], []
+    means, caps = [], []
     for path in files:
         with safe_open(str(path), framework="pt") as fh:
             means.append(fh.get_tensor("mean").float())
-            logvars.append(fh.get_tensor("logvar").float())
             caps += json.loads(fh.metadata()["captions"])
-    return torch.cat(means), torch.cat(logvars), caps
+    return torch.cat(means), caps
 
 
 # ============================================================================================ training
@@ -158,7 +155,7 @@ def train_t2v(world: str | Path, vae_dir: str | Path, out: str | Path, cfg: T2VT
     out = Path(out)
     vae = AutoencoderKLWan.from_pretrained(str(vae_dir)).eval().requires_grad_(False)
     cache_latents(world, vae, out / "latents", progress=progress)
-    mean, logvar, captions = load_latents(out / "latents")
+    mean, captions = load_latents(out / "latents")
     zmean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     zstd = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     pipe = build_micro_wan(vae, cfg.seed, cfg.flow_shift)
@@ -174,8 +171,7 @@ def train_t2v(world: str | Path, vae_dir: str | Path, out: str | Path, cfg: T2VT
         rng = step_rng(cfg.seed, step, "t2v")
         idx = [rng.randrange(len(captions)) for _ in range(cfg.batch)]
         gen.manual_seed(rng.getrandbits(62))
-        z = mean[idx] + torch.randn(mean[idx].shape, generator=gen) * (0.5 * logvar[idx]).exp()
-        x0 = (z - zmean) / zstd
+        x0 = (mean[idx] - zmean) / zstd
         prompts = [apply_template(captions[i], PROMPT_TEMPLATE) if rng.random() >= cfg.uncond_p else ""
                    for i in idx]
         text = encode_prompts(pipe, prompts)  # "" encodes like the sampler's empty negative prompt
