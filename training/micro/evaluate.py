@@ -74,7 +74,7 @@ def predict(method: str, item: dict, *, model=None, decoder=None, vae=None, alph
     z = encode_clip(vae, clip)
     if alpha:
         eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
-        z = perturb(z, alpha, eps)
+        z = perturb(z, alpha, eps, norm="rms")
     if method == "decode_reconstruct":
         return model.predict(decode_latent(vae, z, s))
     if method == "stitched":
