@@ -17,7 +17,12 @@ def test_generate_tiny_writes_only_the_chosen_files(tmp_path, monkeypatch, caplo
     with caplog.at_level("WARNING"):
         assert main(argv) == 0
     assert "UNTRAINED" in caplog.text
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["points.ply", "scene.ply", "scene.splat", "work"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["points.ply", "scene.cameras.json", "scene.ply",
+                                                          "scene.splat", "work"]
+    from vist3a.io.cameras_json import read_cameras_json
+
+    cams = read_cameras_json(work / "scene.cameras.json")
+    assert len(cams) == 9 and (cams.width, cams.height) == (56, 56)
     g = load_gaussians(work / "scene.ply")
     assert len(g) == 9 * 56 * 56 and g.sh_degree == 0  # published export: DC colour only
     assert len(read_point_cloud_ply(work / "points.ply")) == 9 * 56 * 56
@@ -123,11 +128,11 @@ def test_readme_main_command_runs_tiny_generate(tmp_path, monkeypatch):
     run = block.split("&&")[-1].strip()
     words = shlex.split(run)
     assert words[:3] == ["python3", "-m", "vist3a"] and "generate" in words and "--preset" in words
-    assert words[words.index("--preset") + 1] == "tiny"
+    assert words[words.index("--preset") + 1] in ("tiny", "micro")
     monkeypatch.chdir(tmp_path)
     assert main(words[3:] + ["--no-progress"]) == 0
-    out = words[words.index("-o") + 1]
-    assert [p.name for p in tmp_path.iterdir()] == [out]
+    out = Path(words[words.index("-o") + 1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, out.stem + ".cameras.json"])
 
 
 def test_tiny_preset_takes_tiny_trained_decoder_and_lora(tmp_path, monkeypatch, single_thread):
@@ -156,3 +161,38 @@ def test_tiny_preset_takes_tiny_trained_decoder_and_lora(tmp_path, monkeypatch, 
     assert not torch.allclose(plain.means, with_dec.means) and not torch.allclose(plain.means, with_lora.means)
     assert main([*base, "--decoder", "missing_folder", "-o", "x.ply"]) == 2
     assert not (tmp_path / "x.ply").exists()
+
+
+def test_no_cameras_writes_only_the_scene(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "a car", "--preset", "tiny", "-o", "s.ply", "--no-cameras", "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ply"]
+
+
+def test_render_orbits_along_the_decoded_cameras(tmp_path, monkeypatch, caplog):
+    """`render` picks up scene.cameras.json: its views lie on the decoding cameras' orbit (the first view is the
+    first decoded camera), and --cameras none / a bad file behave as documented."""
+    from vist3a import Cameras, Gaussians
+    from vist3a.io import save_gaussians
+    from vist3a.io.cameras_json import read_cameras_json, write_cameras_json
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    n = 500
+    g = Gaussians(torch.randn(n, 3) * 0.3, torch.full((n, 3), 0.05), torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+                  torch.full((n,), 0.9), torch.rand(n, 1, 3))
+    save_gaussians(tmp_path / "scene.ply", g)
+    cams = Cameras.orbit(8, radius=3.0, elevation_deg=20, width=32, height=32)[0:4]
+    write_cameras_json(tmp_path / "scene.cameras.json", cams)
+    back = read_cameras_json(tmp_path / "scene.cameras.json")
+    torch.testing.assert_close(back.c2w, cams.c2w)
+    orbit = Cameras.orbit_like(back, 4)
+    torch.testing.assert_close(orbit.centers, cams.centers, atol=1e-4, rtol=0)
+    with caplog.at_level("INFO"):
+        assert main(["render", "scene.ply", "-o", "a.png", "--views", "4", "--size", "32"]) == 0
+    assert "orbit along the cameras" in caplog.text
+    assert main(["render", "scene.ply", "-o", "b.png", "--views", "4", "--size", "32", "--cameras", "none"]) == 0
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+    (tmp_path / "bad.json").write_text('{"format": "vist3a.cameras", "width": 0, "height": 1, "frames": []}')
+    assert main(["render", "scene.ply", "-o", "c.png", "--cameras", "bad.json"]) == 2
+    assert not (tmp_path / "c.png").exists()

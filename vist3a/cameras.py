@@ -247,6 +247,63 @@ class Cameras:
         return cls(c2w.to(dtype=dtype, device=device), k.expand(num_views, 3, 3).to(dtype=dtype, device=device),
                    width, height)
 
+    @classmethod
+    def orbit_like(cls, cameras: "Cameras", num_views: int, width: int | None = None, height: int | None = None,
+                   fov_deg: float | None = None, full_circle: bool = False) -> "Cameras":
+        """``num_views`` cameras on the orbit the given ``cameras`` lie on (e.g. the cameras a scene was decoded
+        with), looking at the point they look at.
+
+        The look-at point is the least-squares intersection of the optical axes; the orbit axis is the normal of the
+        plane through the camera centres (oriented like the cameras' mean up, ``-y``; their mean up when the centres
+        are nearly collinear); radius and height above the look-at point are the cameras' means. Views are spread
+        evenly over the arc the cameras cover (``full_circle``: all around). Intrinsics: the mean focal length of
+        ``cameras`` scaled to ``width`` x ``height`` (default their size), or a horizontal ``fov_deg``.
+        """
+        if num_views < 1:
+            raise ValueError(f"Cameras.orbit_like: num_views must be >= 1, got {num_views}")
+        c2w = cameras.c2w.double().cpu()
+        centres, fwd, up_cam = c2w[:, :3, 3], c2w[:, :3, 2], -c2w[:, :3, 1]
+        eye3 = torch.eye(3, dtype=torch.float64)
+        proj = eye3 - fwd[:, :, None] * fwd[:, None, :]                      # (V, 3, 3)
+        a, b = proj.sum(0), (proj @ centres[:, :, None]).sum(0)[:, 0]
+        target = torch.linalg.lstsq(a, b).solution if len(cameras) > 1 else centres[0] + fwd[0]
+        up = torch.nn.functional.normalize(up_cam.mean(0), dim=0)
+        rel = centres - centres.mean(0)
+        if len(cameras) >= 3:
+            _, s, vh = torch.linalg.svd(rel, full_matrices=False)
+            if s[1] > 1e-6 * max(float(s[0]), 1e-12):  # centres span a plane: its normal is the orbit axis
+                normal = vh[-1] if float(vh[-1] @ up) >= 0 else -vh[-1]
+                up = normal
+        d = centres - target
+        lift = d @ up
+        flat = d - lift[:, None] * up
+        e1 = torch.nn.functional.normalize(flat[0] if float(flat[0].norm()) > 1e-9 else
+                                           torch.linalg.cross(up, eye3[int(up.abs().argmin())]), dim=0)
+        e2 = torch.linalg.cross(up, e1)
+        ang = torch.atan2(flat @ e2, flat @ e1)
+        order = torch.argsort(ang)
+        if full_circle or len(cameras) < 2:
+            start, span = 0.0, 2 * math.pi
+        else:  # the arc the cameras cover: the circle minus its largest empty gap
+            sa = ang[order]
+            gaps = torch.cat([sa[1:] - sa[:-1], (sa[:1] + 2 * math.pi) - sa[-1:]])
+            g = int(gaps.argmax())
+            start = float(sa[(g + 1) % len(sa)])
+            span = 2 * math.pi - float(gaps[g])
+        steps = torch.arange(num_views, dtype=torch.float64)
+        phi = start + span * (steps / max(num_views - (0 if full_circle else 1), 1))
+        radius, h = float(flat.norm(dim=-1).mean()), float(lift.mean())
+        eye = target + radius * (phi.cos()[:, None] * e1 + phi.sin()[:, None] * e2) + h * up
+        c2w_new = look_at(eye, target.expand_as(eye), up)
+        w, hgt = int(width or cameras.width), int(height or cameras.height)
+        if fov_deg is not None:
+            fx = fy = (w / 2.0) / math.tan(math.radians(fov_deg) / 2.0)
+        else:
+            fx = float(cameras.K[:, 0, 0].double().mean()) * w / cameras.width
+            fy = float(cameras.K[:, 1, 1].double().mean()) * hgt / cameras.height
+        k = torch.tensor([[fx, 0, w / 2.0], [0, fy, hgt / 2.0], [0, 0, 1]], dtype=torch.float64)
+        return cls(c2w_new.float(), k.float().expand(num_views, 3, 3).contiguous(), w, hgt)
+
     def __repr__(self) -> str:
         return f"Cameras(num={len(self)}, size={self.width}x{self.height}, dtype={self.dtype}, device={self.device})"
 

@@ -67,6 +67,24 @@ def _orbit_for(points, num_views: int, size: int, elevation: float, fov: float):
                          width=size, height=size)
 
 
+def _render_cameras(args: argparse.Namespace) -> Path | None:
+    """The camera file ``render`` orbits along: ``--cameras auto`` takes ``<scene>.cameras.json`` beside the file
+    when it exists (written by generate / reconstruct), ``none`` orbits the scene's bounds, else the file given."""
+    from .io.cameras_json import cameras_sidecar
+
+    choice = args.cameras
+    if choice == "none":
+        return None
+    if choice == "auto":
+        side = cameras_sidecar(args.file)
+        return side if side.is_file() else None
+    path = Path(choice)
+    if not path.is_file():
+        raise ValueError(f"--cameras {choice}: no such file (a .cameras.json written by vist3a generate / "
+                         "reconstruct); or use --cameras none")
+    return path
+
+
 def _write_mp4(path: Path, frames, fps: int) -> None:
     """(V, H, W, 3) uint8 -> H.264 .mp4 via imageio-ffmpeg, written atomically (temporary file, then rename)."""
     import imageio_ffmpeg
@@ -108,7 +126,18 @@ def _cmd_render(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     scene = scene.to(device=device)
     points = scene.means if isinstance(scene, Gaussians) else scene.points
-    cams = _orbit_for(points.cpu(), args.views, args.size, args.elevation, args.fov).to(device=device)
+    source = _render_cameras(args)
+    if source is not None:
+        from .cameras import Cameras
+        from .io.cameras_json import read_cameras_json
+
+        cams = Cameras.orbit_like(read_cameras_json(source), args.views, args.size, args.size,
+                                  fov_deg=args.fov,
+                                  full_circle=args.full_circle).to(device=device)
+        log.info("orbit along the cameras of %s", source)
+    else:
+        cams = _orbit_for(points.cpu(), args.views, args.size, args.elevation,
+                          50.0 if args.fov is None else args.fov).to(device=device)
     bg = torch.tensor([1.0, 1.0, 1.0] if args.background == "white" else [0.0, 0.0, 0.0], device=device)
     with torch.no_grad():
         if isinstance(scene, Gaussians):
@@ -158,12 +187,17 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 def _outputs(args: argparse.Namespace) -> dict[str, Path]:
     """Check every output path before any model is loaded: suffix, existing folder, no two the same."""
     outs = {"scene": Path(args.output)}
+    if not args.no_cameras:
+        from .io.cameras_json import cameras_sidecar
+
+        outs["cameras"] = cameras_sidecar(args.output)
     if args.pointmap:
         outs["pointmap"] = Path(args.pointmap)
     if args.splat:
         outs["splat"] = Path(args.splat)
-    wanted = {"scene": (".ply", ".splat"), "pointmap": (".ply",), "splat": (".splat",)}
-    flags = {"scene": "-o/--output", "pointmap": "--pointmap", "splat": "--splat"}
+    wanted = {"scene": (".ply", ".splat"), "pointmap": (".ply",), "splat": (".splat",), "cameras": (".json",)}
+    flags = {"scene": "-o/--output", "pointmap": "--pointmap", "splat": "--splat",
+             "cameras": "the camera file beside -o (--no-cameras to skip it)"}
     for key, path in outs.items():
         if path.suffix.lower() not in wanted[key]:
             raise ValueError(f"{flags[key]} {str(path)!r} must end in {' or '.join(wanted[key])}")
@@ -174,7 +208,7 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path]:
             raise ValueError(f"{flags[key]} {str(path)!r} is a folder; give a file name")
     resolved = [p.expanduser().resolve() for p in outs.values()]
     if len(set(resolved)) != len(resolved):
-        raise ValueError("-o, --pointmap and --splat must be different files")
+        raise ValueError("-o, --pointmap, --splat and the camera file beside -o must be different files")
     return outs
 
 
@@ -233,6 +267,12 @@ def _write_scene(scene, outs: dict[str, Path], sh_degree: int | None) -> None:
             g = g.with_sh_degree(min(sh_degree, g.sh_degree))
         save_gaussians(outs["scene"], g)
         log.info("wrote %d Gaussians (SH degree %d) to %s", len(g), g.sh_degree, outs["scene"])
+    if "cameras" in outs and scene.cameras is not None:
+        from .io.cameras_json import write_cameras_json
+
+        write_cameras_json(outs["cameras"], scene.cameras)
+        log.info("wrote the %d decoded cameras to %s (vist3a render uses them)", len(scene.cameras),
+                 outs["cameras"])
     if "pointmap" in outs:
         cloud = scene.pointmap.to_point_cloud()
         write_point_cloud_ply(outs["pointmap"], cloud)
@@ -320,6 +360,9 @@ def _add_common(p: argparse.ArgumentParser, presets: tuple[str, ...] = ("tiny",)
     p.add_argument("-o", "--output", required=True, help="scene file: 3DGS .ply (or .splat), written atomically")
     p.add_argument("--pointmap", help="also write the pointmap as a point-cloud .ply")
     p.add_argument("--splat", help="also write an antimatter15 .splat file")
+    p.add_argument("--no-cameras", action="store_true",
+                   help="do not write the decoded cameras beside the scene (<scene>.cameras.json, which vist3a "
+                        "render orbits along)")
     p.add_argument("--sh-degree", type=int, default=0,
                    help="SH degree written to the .ply (default 0 = DC colour only, as the published export; "
                         "-1 keeps the model's)")
@@ -365,7 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=8, help="number of orbit views (default 8)")
     p.add_argument("--size", type=int, default=256, help="view width and height in pixels (default 256)")
     p.add_argument("--elevation", type=float, default=20.0, help="orbit elevation in degrees (default 20)")
-    p.add_argument("--fov", type=float, default=50.0, help="horizontal field of view in degrees (default 50)")
+    p.add_argument("--fov", type=float, default=None,
+                   help="horizontal field of view in degrees (default 50; with cameras: theirs)")
+    p.add_argument("--cameras", default="auto",
+                   help="orbit along these cameras: auto (default) = <scene>.cameras.json beside the file when it "
+                        "exists (written by generate / reconstruct), none = orbit the scene's bounds, or a file")
+    p.add_argument("--full-circle", action="store_true",
+                   help="with cameras: go all around instead of over the arc the cameras covered")
     p.add_argument("--background", choices=["white", "black"], default="white", help="background colour")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--fps", type=int, default=16, help=".mp4 frames per second (default 16)")
