@@ -109,8 +109,8 @@ def hub_files_missing(repo: str, files: list[str], local_dir: Path) -> str | Non
         return None
     if hub_offline():
         return "HF_HUB_OFFLINE is set"
-    ok, reason = _on_hub(repo, missing[0])
-    return None if ok else reason
+    found, reason = _on_hub(repo, missing[0])
+    return None if found else reason
 
 
 def download_message(items: list[tuple[str, str, str, Path, str]]) -> str:

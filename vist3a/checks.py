@@ -191,14 +191,16 @@ def _cached(repo: str, filename: str) -> bool:
     return isinstance(found, str) and os.path.isfile(found)
 
 
-def _on_hub(repo: str, filename: str) -> tuple[bool, str]:
-    """(exists, reason) asking the hub once (online only)."""
-    from huggingface_hub import file_exists
+def _on_hub(repo: str, filename: str) -> tuple[bool | None, str]:
+    """(exists, reason) asking the hub once (online only); exists is None when the hub could not be asked."""
+    import huggingface_hub
 
     try:
-        return bool(file_exists(repo, filename)), "not on the Hugging Face hub (wrong id or file name?)"
+        found = bool(huggingface_hub.file_exists(repo, filename))
     except Exception as err:  # noqa: BLE001 -- no network, gated repository, hub error
-        return False, f"the Hugging Face hub could not be asked ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        first = (str(err).splitlines() or [""])[0][:120]
+        return None, f"the Hugging Face hub could not be asked ({type(err).__name__}: {first})"
+    return found, "" if found else "not on the Hugging Face hub (wrong id or file name?)"
 
 
 def _missing_hub_files(src: ModelSource) -> tuple[list[str], str]:
@@ -211,9 +213,11 @@ def _missing_hub_files(src: ModelSource) -> tuple[list[str], str]:
         return missing, "HF_HUB_OFFLINE is set"
     reason = ""
     for f in missing[0].split("|"):
-        ok, reason = _on_hub(src.repo, f)
-        if ok:
+        found, reason = _on_hub(src.repo, f)
+        if found:
             return [], ""  # online and on the hub: it will be downloaded
+        if found is None:
+            break  # unreachable: asking about the alternatives would only wait again
     return missing, reason
 
 
@@ -240,9 +244,11 @@ def _local_problem(src: ModelSource) -> str | None:
             except (ValueError, OSError) as err:
                 return str(err)
     if src.validate is not None:
+        from .errors import CheckpointMismatchError
+
         try:
             src.validate()
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, CheckpointMismatchError) as err:
             return str(err)
     return None
 

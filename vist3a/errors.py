@@ -91,6 +91,13 @@ _LOOKS = {
 _SUFFIX_FOR = {"zip": ".pth", "safetensors": ".safetensors"}
 
 
+def looks_like(path: str | os.PathLike, suffix: str | None = None) -> str:
+    """A sentence on what the file's content looks like when that differs from what its extension promises
+    (empty, a web page, a checkpoint under the other extension, ...), or ``""``."""
+    path = os.fspath(path)
+    return _looks_like(path, (suffix or os.path.splitext(path)[1]).lower())
+
+
 def _looks_like(path: str, suffix: str) -> str:
     kind = sniff_file(path)
     if kind == "empty":
@@ -98,7 +105,7 @@ def _looks_like(path: str, suffix: str) -> str:
     expected = {".safetensors": "safetensors", ".pth": "zip", ".pt": "zip", ".bin": "zip", ".ckpt": "zip",
                 ".json": "json"}.get(suffix)
     if kind in _LOOKS and kind != expected:
-        rename = f" (name it *{_SUFFIX_FOR[kind]})" if kind in _SUFFIX_FOR and expected in _SUFFIX_FOR.values() else ""
+        rename = f" (name it *{_SUFFIX_FOR[kind]})" if kind in _SUFFIX_FOR and expected in _SUFFIX_FOR else ""
         return f" Its content looks like {_LOOKS[kind]}{rename}."
     return ""
 

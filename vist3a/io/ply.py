@@ -566,7 +566,8 @@ def read_gaussians_ply(path: str | os.PathLike, *, dtype: torch.dtype = torch.fl
     if not np.isfinite(scales).all():
         raise ValueError(
             f"{path}: a scale_* value ({log_scales.max():g}) is far too large: exp() of it overflows {np.dtype(np_dtype).name}; "
-            "the file is corrupt or does not store log-scales"
+            "the file is corrupt, declares the wrong byte order (binary_little_endian / binary_big_endian) or "
+            "does not store log-scales"
         )
     np.maximum(scales, np.finfo(np_dtype).tiny, out=scales)  # exp of a hugely negative log-scale underflows to 0
     opacities = _sigmoid(logit[:, 0]).astype(np_dtype)

@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import checkpoint_error, sniff_file
+from ..errors import checkpoint_error, looks_like, sniff_file
 from .paths import check_input_file
 
 __all__ = [
@@ -49,16 +49,13 @@ def _check_safetensors(path: str, what: str) -> None:
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise checkpoint_error(path, EOFError(f"the file has only {size} bytes"), what)
+            raise _bad(path, what, f"is not a valid safetensors file: it has only {size} bytes.{looks_like(path)} "
+                                   "Download or copy it again.")
         (n,) = struct.unpack("<Q", head)
         if n > min(_MAX_HEADER, size - 8):
-            kind = sniff_file(path)
-            looks = {"zip": " Its content looks like a PyTorch checkpoint (name it *.pth).",
-                     "pickle": " Its content looks like a raw Python pickle.",
-                     "empty": ""}.get(kind, "")
             raise _bad(path, what, f"is not a valid safetensors file: its header claims {n} bytes but the file has "
-                                   f"{size}.{looks} It is truncated, damaged or another format: download or copy it "
-                                   "again.")
+                                   f"{size}.{looks_like(path)} It is truncated, damaged or another format: download "
+                                   "or copy it again.")
         try:
             header = json.loads(fh.read(n).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -93,9 +90,10 @@ def _check_torch_archive(path: str, what: str) -> None:
     """A .pt/.pth must be a complete PyTorch zip archive (or a legacy pickle, which torch.load still checks)."""
     kind = sniff_file(path)
     if kind == "empty":
-        raise checkpoint_error(path, EOFError("empty file"), what)
+        raise _bad(path, what, "is empty (0 bytes): an interrupted download or copy. Download or copy it again.")
     if kind in ("safetensors", "json", "html", "text"):
-        raise checkpoint_error(path, RuntimeError("invalid load key: not a pickle"), what)
+        raise _bad(path, what, f"is not a PyTorch checkpoint.{looks_like(path)} Pass a .safetensors file or a "
+                               ".pth/.pt state dict of tensors.")
     if kind == "zip":
         try:
             with zipfile.ZipFile(path) as zf:

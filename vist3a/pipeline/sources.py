@@ -139,16 +139,19 @@ def decoder_sources(decoder: str | os.PathLike | None, base: str | os.PathLike |
 
 
 def _decoder_config(folder: Path):
-    from ..stitching.checkpoint import read_decoder_config
+    """Config, weights header and (full-weights folders) every key and shape, without loading a weight."""
+    from ..stitching.checkpoint import check_decoder_folder
 
-    if (folder / "decoder_config.json").is_file():
-        return read_decoder_config(folder / "decoder_config.json")
+    if (folder / "decoder_config.json").is_file() and (folder / "model.safetensors").is_file():
+        return check_decoder_folder(folder)
     return None
 
 
 def _try_config(folder: Path):
+    from ..stitching.checkpoint import read_decoder_config
+
     try:
-        return _decoder_config(folder)
+        return read_decoder_config(folder / "decoder_config.json")
     except (ValueError, OSError):
         return None  # reported by the decoder source's own check
 

@@ -147,14 +147,24 @@ def load_vist3a_lora(transformer, source: str | Path, merge: bool = True):
     # (peft would re-raise torch's or safetensors' own errors).
     read_json_file(folder / LORA_CONFIG, "LoRA adapter config")
     weights = next(folder / w for w in LORA_WEIGHTS if (folder / w).is_file())
-    load_weights(weights, "LoRA adapter weights")
+    stored = set(load_weights(weights, "LoRA adapter weights"))
+    fix = "use the adapter trained for this Wan (vist3a_1.3b_lora_ema for 1.3B, vist3a_14b_lora_ema for 14B)"
     try:
         model = PeftModel.from_pretrained(transformer, str(folder))
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-        raise ValueError(f"--lora {folder}: the adapter does not fit this Wan transformer ({first[:300]}); use the "
-                         "adapter trained for this Wan (vist3a_1.3b_lora_ema for 1.3B, vist3a_14b_lora_ema for 14B)"
+        raise ValueError(f"--lora {folder}: the adapter does not fit this Wan transformer ({first[:300]}); {fix}"
                          ) from None
+    # peft only warns about tensors it could not place (and keeps those layers at their initial, no-op values):
+    # an adapter for other modules would silently change nothing. Every stored tensor must land, none may lack.
+    from peft.utils import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(model))
+    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+    if missing or unexpected:
+        raise ValueError(f"--lora {folder}: the adapter does not fit this Wan transformer ({len(unexpected)} stored "
+                         f"tensors have no place in it, e.g. {unexpected[:2]}; {len(missing)} are missing, e.g. "
+                         f"{missing[:2]}); {fix}")
     logger.info("loaded the VIST3A transformer LoRA from %s", folder)
     return model.merge_and_unload() if merge else model
 

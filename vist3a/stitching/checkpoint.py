@@ -142,7 +142,11 @@ def _check_top_level(ckpt: Any, source: str) -> None:
 
 def _check_cut(lora: Mapping[str, Tensor], cut: str, dino_depth: int, source: str) -> None:
     blocks = {int(m.group(1)) for k in lora if (m := _DINO_BLOCK.match(k))}
-    kept = max(blocks) + 1 if blocks else 0
+    if not blocks:
+        line = ("  its 'lora' entry holds no LoRA for the DINO blocks (encoder.aggregator.patch_embed.blocks.*): it "
+                "is empty or for another model")
+        raise _published_error(source, [line], "pass an unmodified published VIST3A checkpoint")
+    kept = max(blocks) + 1
     looks_like = dino_depth - kept
     if looks_like != cut_index(cut):
         raise _published_error(
@@ -474,6 +478,48 @@ def read_decoder_config(cfg_file: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def _meta_decoder(cfg: dict[str, Any], cfg_file: Path) -> StitchedDecoder:
+    """The decoder a full-weights config describes, on the meta device (no memory, no weights)."""
+    base = cfg["base_model"]
+    cls, cfg_cls = {"anysplat": (AnySplat, AnySplatConfig), "vggt": (VGGT, VGGTConfig)}[base["type"]]
+    try:
+        with torch.device("meta"):
+            model = cls(cfg_cls.from_dict(base["config"]))
+            layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
+                                   temporal_factor=cfg.get("temporal_factor", 4))
+            return StitchedDecoder(model, cfg["cut"], layer, cfg.get("resolution", {}).get("video_pixels_per_token",
+                                                                                           16))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, AssertionError) as err:
+        raise _config_error(cfg_file, f"it describes no buildable decoder ({type(err).__name__}: {err})") from None
+
+
+def check_decoder_folder(folder: str | Path) -> dict[str, Any]:
+    """Everything :func:`load_decoder` will check, without reading a single weight: the config (every entry), the
+    weights file's header, and -- for full-weights folders -- every key and shape of the header against the model
+    the config describes (built on the meta device). Raises what loading would raise; returns the config."""
+    from safetensors import safe_open
+
+    from ..io.weights import check_weights_file
+
+    folder = Path(folder)
+    cfg_file, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    cfg = read_decoder_config(cfg_file)
+    check_weights_file(weights, "decoder weights")
+    if cfg.get("weights") == "lora":
+        return cfg  # its tensors are checked against the base model when it loads
+    own = {k: tuple(v.shape) for k, v in _meta_decoder(cfg, cfg_file).state_dict().items()}
+    with safe_open(str(weights), framework="pt") as fh:
+        stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (no __iter__)
+    missing, unexpected = set(own) - set(stored), set(stored) - set(own)
+    shapes = [f"{k}: checkpoint {stored[k]} vs model {own[k]}" for k in sorted(set(own) & set(stored))
+              if stored[k] != own[k]]
+    if missing or unexpected or shapes:
+        head = f"load_decoder: {weights} does not match the decoder {cfg_file} describes:"
+        fix = f"  What to do: use the {WEIGHTS_NAME} written together with this {CONFIG_NAME} by save_decoder"
+        raise CheckpointMismatchError("\n".join([head, *mismatch_lines(missing, unexpected, shapes), fix]))
+    return cfg
+
+
 def load_decoder(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  revision: str | None = None) -> StitchedDecoder:
     """Load a decoder saved by :func:`save_decoder` from a folder, its ``model.safetensors`` /
@@ -488,20 +534,10 @@ def load_decoder(source: str | Path, device: str | torch.device | None = None, d
                                     "use load_published_stitched")
     cfg = read_decoder_config(cfg_file)
     base = cfg["base_model"]
-    kinds = {"anysplat": (AnySplat, AnySplatConfig), "vggt": (VGGT, VGGTConfig)}
-    cls, cfg_cls = kinds[base["type"]]
     if cfg.get("weights") == "lora":
         return _load_lora_decoder(cfg, cfg_file, weights, device, dtype, revision)
     check_weights_file(weights, "decoder weights")  # a truncated file fails here, before the model is built
-    try:
-        with torch.device("meta"):
-            model = cls(cfg_cls.from_dict(base["config"]))
-            layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
-                                   temporal_factor=cfg.get("temporal_factor", 4))
-            decoder = StitchedDecoder(model, cfg["cut"], layer,
-                                      cfg.get("resolution", {}).get("video_pixels_per_token", 16))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, AssertionError) as err:
-        raise _config_error(cfg_file, f"it describes no buildable decoder ({type(err).__name__}: {err})") from None
+    decoder = _meta_decoder(cfg, cfg_file)
     decoder = decoder.to_empty(device="cpu").float()
     state = load_safetensors(weights, "decoder weights")
     try:
