@@ -232,6 +232,12 @@ def _latent(node: str, samples) -> torch.Tensor:
     return z.float()
 
 
+def _handle(node: str, decoder) -> DecoderHandle:
+    if not isinstance(decoder, DecoderHandle):
+        raise ValueError(f"{node}: decoder must come from LoadStitchedDecoder, got {type(decoder).__name__}")
+    return decoder
+
+
 def _decode_frames(node: str, handle: DecoderHandle, vae, raw: torch.Tensor) -> torch.Tensor:
     """Raw latent -> frames (B, T, 3, H, W) in [0, 1] with ComfyUI's VAE (or the tiny preset's bundled VAE)."""
     b, _, t_lat = raw.shape[:3]
@@ -340,8 +346,9 @@ class DecodeToSplats:
 
     def decode(self, decoder, samples, vae=None):
         node = "DecodeToSplats"
+        _handle(node, decoder)
         raw = _latent(node, samples)
-        if isinstance(decoder, DecoderHandle) and decoder.decoder.kind != "anysplat":
+        if decoder.decoder.kind != "anysplat":
             raise ValueError(f"{node}: {decoder.name} is a VGGT decoder (no Gaussians); use DecodeToPointmap")
         frames = _decode_frames(node, decoder, vae, raw)
         results = decode(node, decoder, raw, frames)
@@ -387,6 +394,7 @@ class DecodeToPointmap:
     def decode(self, decoder, samples, confidence_threshold=0.0, drop_percentile=0.0, vae=None):
         node = "DecodeToPointmap"
         _check_pointmap(confidence_threshold, drop_percentile)
+        _handle(node, decoder)
         raw = _latent(node, samples)
         frames = None
         if not (isinstance(decoder, DecoderHandle) and decoder.decoder.kind == "vggt" and vae is None):
