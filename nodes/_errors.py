@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,6 +100,30 @@ def check_video(frames, width, height) -> None:
             v = check_integer(v, name, lo=16, hi=2048, hint="a multiple of 16; published: 512")
             if v % 16:
                 raise ValueError(f"width and height must be multiples of 16 (published: 512x512), got {name} {v}")
+
+
+def check_output_folder(temp: bool = False) -> None:
+    """ComfyUI's output (or temp) folder accepts new files: probed as a save would write (the nearest existing
+    folder when it is still to be created), so a save node cannot fail after the whole graph ran."""
+    import folder_paths
+
+    from vist3a.io.atomic import probe_writable
+
+    base = Path(folder_paths.get_temp_directory() if temp else folder_paths.get_output_directory())
+    probe = base
+    while not probe.is_dir():
+        if probe.exists() or probe.parent == probe:
+            raise ValueError(f"the {'temp' if temp else 'output'} folder {base} cannot be created ({probe} is not a "
+                             "folder); start ComfyUI with a usable --output-directory")
+        probe = probe.parent
+    try:
+        probe_writable(probe)
+    except OSError as err:
+        kind = "temp" if temp else "output"
+        reason = "no space left on its device" if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) else \
+            f"it is not writable ({os.strerror(err.errno) if err.errno else err})"
+        raise OSError(f"ComfyUI's {kind} folder {probe} accepts no new files: {reason}; nothing was run. Fix its "
+                      f"permissions or free space, or start ComfyUI with another --{kind}-directory") from None
 
 
 def hub_files_missing(repo: str, files: list[str], local_dir: Path) -> str | None:

@@ -507,6 +507,10 @@ class SaveSplatPLY:
                                            default=False)),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return _errors.validation("SaveSplatPLY", _errors.check_output_folder)
+
     def save(self, splats, filename_prefix="vist3a/scene", also_splat=False):
         return {"ui": _ui(_splat_entries("SaveSplatPLY", splats, filename_prefix, also_splat, False)), "result": ()}
 
@@ -541,6 +545,10 @@ class SavePointCloudPLY:
             "filename_prefix": ("STRING", _tip("File name prefix inside the output folder; may contain subfolders. "
                                                "Never leaves the output folder.", default="vist3a/points")),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return _errors.validation("SavePointCloudPLY", _errors.check_output_folder)
 
     def save(self, points, filename_prefix="vist3a/points"):
         from vist3a.io import write_point_cloud_ply

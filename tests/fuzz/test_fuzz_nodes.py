@@ -303,5 +303,21 @@ def test_save_node_write_failures_leave_nothing(failure, nodes, comfy, tmp_path,
     assert_unchanged(out, before)
 
 
+@pytest.mark.parametrize("node", ["SaveSplatPLY", "SavePointCloudPLY"])
+def test_unwritable_output_folder_refused_at_queue_time(node, nodes, comfy, tmp_path, monkeypatch):
+    """Before the sampler and the decoder run, the save nodes probe ComfyUI's output folder."""
+    import vist3a.io.atomic as atomic_mod
+
+    assert nodes[node].VALIDATE_INPUTS("vist3a/scene") is True
+
+    def mkstemp(*args, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied", "/x/.output.vist3a.tmp")
+
+    monkeypatch.setattr(atomic_mod.tempfile, "mkstemp", mkstemp)
+    answer = nodes[node].VALIDATE_INPUTS("vist3a/scene")
+    assert answer.startswith(f"{node}: ComfyUI's output folder {tmp_path / 'output'} accepts no new files"), answer
+    assert "not writable" in answer and ".tmp" not in answer
+
+
 def test_the_corpus_is_what_it_claims():
     assert len(SAMPLER) + len(CALLS) + 5 + 2 >= 40
