@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..checks import check_model_sources, check_seed
+from ..checks import check_device, check_model_sources, check_seed
 from .decoders import load_stitched_decoder
 from .output import SceneOutput, run_decoder
 from .settings import (
@@ -128,6 +128,7 @@ class TextTo3DPipeline:
     # ------------------------------------------------------------------------------------------ placement
     def to(self, device: str | torch.device) -> TextTo3DPipeline:
         """Put every model on ``device`` (needs memory for all of them at once; see the README's table)."""
+        check_device(str(device), "device")
         self._offload_device = None
         self.wan.to(device)
         self.decoder.to(device)
@@ -136,6 +137,7 @@ class TextTo3DPipeline:
     def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> TextTo3DPipeline:
         """diffusers' model CPU offload for the Wan parts (one model on the GPU at a time) and the same policy by
         hand for the stitched decoder. Needs ``accelerate``."""
+        check_device(str(device), "device")
         try:
             self.wan.enable_model_cpu_offload(device=device)
         except ImportError as err:
@@ -147,6 +149,7 @@ class TextTo3DPipeline:
 
     def enable_sequential_cpu_offload(self, device: str | torch.device = "cuda") -> TextTo3DPipeline:
         """diffusers' sequential (per-layer) offload: least VRAM, much slower."""
+        check_device(str(device), "device")
         try:
             self.wan.enable_sequential_cpu_offload(device=device)
         except ImportError as err:

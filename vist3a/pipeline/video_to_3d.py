@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..checks import check_model_sources, check_seed
+from ..checks import check_device, check_model_sources, check_seed
 from .decoders import load_stitched_decoder
 from .output import SceneOutput, run_decoder
 from .settings import DEFAULT_WAN, check_frames, check_size, model_size
@@ -83,6 +83,7 @@ class VideoTo3DPipeline:
         return cls(micro_video_vae(), micro_decoder(), s.num_frames, s.height, s.width, sample=False)
 
     def to(self, device: str | torch.device) -> VideoTo3DPipeline:
+        check_device(str(device), "device")
         self.vae.to(device)
         self.decoder.to(device)
         return self
