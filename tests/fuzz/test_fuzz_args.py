@@ -262,3 +262,21 @@ def test_the_corpus_is_what_it_claims():
     flags = " ".join(" ".join(a) for _, a, _ in BAD_ARGS)
     for flag in ("--cfg", "--flow-shift", "--steps", "--seed", "--fov", "--device", "-o"):
         assert flag in flags, flag
+
+
+def test_a_real_process_shows_one_line_and_no_traceback(tmp_path):
+    """The same contract from a real `python -m vist3a` process (what a user's shell sees)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    (tmp_path / "scene.ply").write_bytes(SENTINEL)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "vist3a", "generate", "a car", "--preset", "tiny", "-o", "scene.ply",
+                          "--seed", str(2**70)], cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+                         timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("vist3a generate: error: --seed ")
+    assert (tmp_path / "scene.ply").read_bytes() == SENTINEL and sorted(p.name for p in tmp_path.iterdir()) == [
+        "scene.ply"]
