@@ -8,7 +8,8 @@ names ``path``, never the hidden temporary file (:func:`vist3a.errors.write_erro
 Temporary files are recognisable: ``.<name>.<host>-<pid>-<random>.vist3a.tmp`` (``host``: 8 hex digits of a hash of
 the machine's name). A process killed outright (SIGKILL, power loss) cannot remove its own; the next write into the
 same folder does (:func:`remove_stale_temp_files`): only regular files of exactly that pattern, owned by the current
-user and older than :data:`STALE_AFTER_S`, and never one whose writer is still running on this machine.
+user and older than :data:`STALE_AFTER_S`, and never one whose writer is still running on this machine (on Windows,
+where that cannot be asked safely, only files a week old).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def _temp_prefix(name: str) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+    if pid == os.getpid() or sys.platform.startswith("win"):
+        return True  # Windows: os.kill(pid, 0) would send CTRL_C_EVENT; there only the 7-day age makes a file stale
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
