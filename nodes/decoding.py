@@ -234,7 +234,8 @@ def _latent(node: str, samples) -> torch.Tensor:
 
 def _handle(node: str, decoder) -> DecoderHandle:
     if not isinstance(decoder, DecoderHandle):
-        raise ValueError(f"{node}: decoder must come from LoadStitchedDecoder, got {type(decoder).__name__}")
+        raise ValueError(  # noqa: TRY004 (a wrong wire in the graph: ComfyUI shows ValueError("Node: ...") messages)
+            f"{node}: decoder must come from LoadStitchedDecoder, got {type(decoder).__name__}")
     return decoder
 
 
