@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import _comfy
+from . import _comfy, _errors
 from .splat_types import CORE_SPLAT, SplatBatch, make_splats, to_gaussians  # noqa: F401 (SplatBatch re-exported)
 from .splat_types import INPUT_TYPE as SPLATS_IN
 from .splat_types import OUTPUT_TYPE as SPLATS
@@ -79,11 +79,55 @@ def _download_published(node: str, name: str) -> tuple[str, str]:
     return path, base
 
 
+def check_decoder_available(decoder: str) -> None:
+    """Everything LoadStitchedDecoder will open for ``decoder`` exists and looks sound (files present or
+    downloadable, headers and configs readable); raises the one clear error otherwise. Nothing is loaded."""
+    from vist3a.checks import check_model_sources, check_weights_file
+    from vist3a.errors import MissingModelsError
+
+    if decoder in (TINY, TINY_VGGT):
+        return
+    if decoder == MICRO:
+        from vist3a.pipeline.presets import micro_path
+
+        for part in ("vae", "anysplat", "decoder"):
+            micro_path(part)
+        return
+    folder = _comfy.model_folder()
+    if decoder in (PUBLISHED, PUBLISHED_21):
+        repo, file = decoder.rsplit("/", 1)
+        wanted = [("stitched decoder " + file, repo, file, folder / "HJGO_VIST3A", [file]),
+                  ("base AnySplat", "lhjiang/anysplat", "", folder / "lhjiang_anysplat",
+                   ["model.safetensors", "config.json"])]
+        items = []
+        for what, repo_id, args, local_dir, files in wanted:
+            reason = _errors.hub_files_missing(repo_id, files, local_dir)
+            if reason:
+                items.append((what, repo_id, args, local_dir, reason))
+            elif (local_dir / files[0]).is_file():
+                check_weights_file(local_dir / files[0], what)
+        if items:
+            raise MissingModelsError(_errors.download_message(items), items)
+        return
+    from vist3a.pipeline.sources import decoder_sources
+
+    path = _comfy.resolve_local(decoder)
+    if path is None:
+        raise ValueError(f"{decoder!r} is not in models/vist3a/; put a published VIST3A .pth or one of our decoder "
+                         "folders (decoder_config.json + model.safetensors) there, then refresh")
+    base = None
+    if path.suffix in (".pth", ".pt"):
+        local_base = folder / "lhjiang_anysplat"
+        base = str(local_base) if local_base.is_dir() else None
+    check_model_sources(decoder_sources(path, base))
+
+
 def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "auto") -> DecoderHandle:
     """Pure-ish loader behind LoadStitchedDecoder (needs ComfyUI only for the model folder and the ModelPatcher)."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
+    check_decoder_available(decoder)
     torch_dtype = None if dtype == "auto" else DTYPES.get(dtype)
     if dtype != "auto" and torch_dtype is None:
         raise ValueError(f"{node}: unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
@@ -119,7 +163,7 @@ def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "a
         if path.suffix in (".pth", ".pt"):
             local_base = _comfy.model_folder() / "lhjiang_anysplat"
             base = str(local_base) if local_base.is_dir() else None
-        model = load_stitched_decoder(path, base=base)
+        model = load_stitched_decoder(path, base=base, check=False)
     if torch_dtype is not None:
         model = model.to(dtype=torch_dtype)
     model = model.eval().requires_grad_(False)
@@ -157,6 +201,16 @@ class LoadStitchedDecoder:
             "device": (["auto", "cpu"], _tip("auto: ComfyUI's GPU with offloading; cpu: always on the CPU.")),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, decoder=None):
+        def check():
+            if decoder is None:  # fed by a link: checked when the node runs
+                return
+            _errors.check_choice("decoder", decoder, cls.INPUT_TYPES()["required"]["decoder"][0])
+            check_decoder_available(decoder)
+
+        return _errors.validation("LoadStitchedDecoder", check)
+
     def load(self, decoder, dtype="auto", device="auto"):
         return (build_decoder("LoadStitchedDecoder", decoder, dtype, device),)
 
@@ -170,7 +224,19 @@ def _latent(node: str, samples) -> torch.Tensor:
         shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
         raise ValueError(f"{node}: expected a Wan 2.1 video latent (B, 16, T_lat, H/8, W/8), got {shape}; use the "
                          "Wan 2.1 model / EmptyHunyuanLatentVideo with 4k+1 frames")
+    if 0 in z.shape:
+        raise ValueError(f"{node}: the latent {tuple(z.shape)} is empty; connect a sampler's LATENT")
+    if not torch.isfinite(z).all():
+        raise ValueError(f"{node}: the latent holds NaN or infinite values (a diverged sampler? check its CFG, steps "
+                         "and model); nothing was decoded")
     return z.float()
+
+
+def _handle(node: str, decoder) -> DecoderHandle:
+    if not isinstance(decoder, DecoderHandle):
+        raise ValueError(  # noqa: TRY004 (a wrong wire in the graph: ComfyUI shows ValueError("Node: ...") messages)
+            f"{node}: decoder must come from LoadStitchedDecoder, got {type(decoder).__name__}")
+    return decoder
 
 
 def _decode_frames(node: str, handle: DecoderHandle, vae, raw: torch.Tensor) -> torch.Tensor:
@@ -281,14 +347,24 @@ class DecodeToSplats:
 
     def decode(self, decoder, samples, vae=None):
         node = "DecodeToSplats"
+        _handle(node, decoder)
         raw = _latent(node, samples)
-        if isinstance(decoder, DecoderHandle) and decoder.decoder.kind != "anysplat":
+        if decoder.decoder.kind != "anysplat":
             raise ValueError(f"{node}: {decoder.name} is a VGGT decoder (no Gaussians); use DecodeToPointmap")
         frames = _decode_frames(node, decoder, vae, raw)
         results = decode(node, decoder, raw, frames)
         cameras = [r[1] for r in results]
         splats = make_splats([r[0] for r in results], cameras, decoder.untrained, CORE_SPLAT)
         return (splats, cameras, _to_image(frames))
+
+
+def _check_pointmap(confidence_threshold, drop_percentile) -> None:
+    from vist3a.checks import check_number
+
+    if confidence_threshold is not None:
+        check_number(confidence_threshold, "confidence_threshold", lo=0, hi=1000)
+    if drop_percentile is not None:
+        check_number(drop_percentile, "drop_percentile", lo=0, hi=99)
 
 
 class DecodeToPointmap:
@@ -312,8 +388,14 @@ class DecodeToPointmap:
                                               default=0.0, min=0.0, max=99.0, step=1.0)),
         }, "optional": {"vae": _VAE_IN}}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, confidence_threshold=None, drop_percentile=None):
+        return _errors.validation("DecodeToPointmap", lambda: _check_pointmap(confidence_threshold, drop_percentile))
+
     def decode(self, decoder, samples, confidence_threshold=0.0, drop_percentile=0.0, vae=None):
         node = "DecodeToPointmap"
+        _check_pointmap(confidence_threshold, drop_percentile)
+        _handle(node, decoder)
         raw = _latent(node, samples)
         frames = None
         if not (isinstance(decoder, DecoderHandle) and decoder.decoder.kind == "vggt" and vae is None):
@@ -341,7 +423,7 @@ class VIST3AImagesTo3D:
             "decoder": _DECODER_IN,
             "images": ("IMAGE", _tip("Ordered frames (T, H, W, 3), e.g. GetVideoComponents' images.")),
             "frames": ("INT", _tip("Frames to use, 4k+1 (published: 13), picked evenly over the clip.", default=13,
-                                   min=1, max=257, step=4)),
+                                   min=5, max=257, step=4)),
             "width": ("INT", _tip("Video width, multiple of 16 (published: 512).", default=512, min=16, max=2048,
                                   step=16)),
             "height": ("INT", _tip("Video height, multiple of 16 (published: 512).", default=512, min=16, max=2048,
@@ -349,16 +431,19 @@ class VIST3AImagesTo3D:
         }, "optional": {"vae": (_VAE_IN[0], _tip("The Wan 2.1 VAE that encodes the frames (optional only for the "
                                                    "tiny test decoder)."))}}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, frames=None, width=None, height=None):
+        return _errors.validation("VIST3AImagesTo3D", lambda: _errors.check_video(frames, width, height))
+
     def reconstruct(self, decoder, images, frames=13, width=512, height=512, vae=None):
         from vist3a.pipeline.frames import crop_resize, resample_indices
 
         node = "VIST3AImagesTo3D"
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] < 3:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] < 3 or images.shape[0] < 1:
             raise ValueError(f"{node}: images must be an IMAGE batch (T, H, W, 3)")
-        if frames % 4 != 1:
-            raise ValueError(f"{node}: frames must be 4k+1 (5, 9, 13, 17, ...), got {frames}")
-        if height % 16 or width % 16:
-            raise ValueError(f"{node}: width and height must be multiples of 16, got {width}x{height}")
+        if not torch.isfinite(images).all():
+            raise ValueError(f"{node}: images hold NaN or infinite values; check the node that made them")
+        _errors.check_video(frames, width, height)
         idx = resample_indices(images.shape[0], frames)
         clip = crop_resize(images[idx][..., :3].permute(0, 3, 1, 2).float().clamp(0, 1), height, width)
         pixels = clip.permute(0, 2, 3, 1).contiguous()
@@ -423,6 +508,10 @@ class SaveSplatPLY:
                                            default=False)),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return _errors.validation("SaveSplatPLY", _errors.check_output_folder)
+
     def save(self, splats, filename_prefix="vist3a/scene", also_splat=False):
         return {"ui": _ui(_splat_entries("SaveSplatPLY", splats, filename_prefix, also_splat, False)), "result": ()}
 
@@ -457,6 +546,10 @@ class SavePointCloudPLY:
             "filename_prefix": ("STRING", _tip("File name prefix inside the output folder; may contain subfolders. "
                                                "Never leaves the output folder.", default="vist3a/points")),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return _errors.validation("SavePointCloudPLY", _errors.check_output_folder)
 
     def save(self, points, filename_prefix="vist3a/points"):
         from vist3a.io import write_point_cloud_ply

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import _comfy
+from . import _comfy, _errors
 from .decoding import CATEGORY, _tip
 
 logger = logging.getLogger("vist3a.nodes")
@@ -59,12 +59,47 @@ def _adapter_folder(node: str, lora: str) -> Path:
     return path
 
 
-def _check_video(node: str, frames: int, width: int, height: int) -> None:
-    if frames % 4 != 1:
-        raise ValueError(f"{node}: frames must be 4k+1 (published: 13), got {frames}")
-    if width % 16 or height % 16:
-        raise ValueError(f"{node}: width and height must be multiples of 16 (published: 512x512), got "
-                         f"{width}x{height}")
+def check_lora_available(lora: str | None) -> None:
+    """The LoRA choice exists in models/vist3a/ (sound files) or can be downloaded now; one clear error otherwise."""
+    from vist3a.checks import check_model_sources
+    from vist3a.errors import MissingModelsError
+    from vist3a.pipeline.sources import lora_source
+
+    if lora is None or lora == NO_LORA:
+        return
+    if lora in (LORA_13B, LORA_14B):
+        folder = _comfy.model_folder() / "HJGO_VIST3A"
+        sub = lora.rsplit("/", 1)[1]
+        files = [f"{sub}/adapter_config.json", f"{sub}/adapter_model.safetensors"]
+        reason = _errors.hub_files_missing("HJGO/VIST3A", files, folder)
+        if reason:
+            raise MissingModelsError(_errors.download_message(
+                [(f"VIST3A LoRA {sub}", "HJGO/VIST3A", f'--include "{sub}/*"', folder, reason)]))
+        if (folder / files[0]).is_file():
+            check_model_sources([lora_source(folder / sub)])
+        return
+    path = _comfy.resolve_local(lora)
+    if path is None or not (path / "adapter_config.json").is_file():
+        raise ValueError(f"LoRA {lora!r} is not a PEFT adapter folder in models/vist3a/; pick a listed one")
+    check_model_sources([lora_source(path)])
+
+
+def check_sampler_inputs(seed=None, steps=None, cfg=None, frames=None, width=None, height=None, flow_shift=None,
+                         lora_strength=None) -> None:
+    """Finite numbers in range (ComfyUI's own min/max let NaN through); None = fed by a link, checked later."""
+    from vist3a.checks import check_integer, check_number, check_seed
+
+    _errors.check_video(frames, width, height)
+    if seed is not None:
+        check_seed(seed, "seed")
+    if steps is not None:
+        check_integer(steps, "steps", lo=1, hi=1000, hint="published: 50")
+    if cfg is not None:
+        check_number(cfg, "cfg", lo=0, hi=100, hint="published: 7.5")
+    if flow_shift is not None:
+        check_number(flow_shift, "flow_shift", lo=0, hi=100, lo_open=True, hint="published: 5.0")
+    if lora_strength is not None:
+        check_number(lora_strength, "lora_strength", lo=-4, hi=4, hint="published: 1.0")
 
 
 def apply_lora(node, model, lora_state, strength):
@@ -90,6 +125,7 @@ def load_lora_state(node, lora):
         return None
     from .wan_lora import load_peft_adapter, peft_to_comfy
 
+    check_lora_available(lora)
     adapter, alpha = load_peft_adapter(_adapter_folder(node, lora))
     return peft_to_comfy(adapter, alpha)
 
@@ -187,7 +223,7 @@ class WanVIST3ASampler:
             "steps": ("INT", _tip("Denoising steps (published: 50).", default=50, min=1, max=1000)),
             "cfg": ("FLOAT", _tip("Classifier-free guidance (published: 7.5).", default=7.5, min=0.0, max=100.0,
                                   step=0.1)),
-            "frames": ("INT", _tip("Video frames, 4k+1 (published: 13).", default=13, min=1, max=257, step=4)),
+            "frames": ("INT", _tip("Video frames, 4k+1 (published: 13).", default=13, min=5, max=257, step=4)),
             "width": ("INT", _tip("Video width, multiple of 16 (published: 512).", default=512, min=16, max=2048,
                                   step=16)),
             "height": ("INT", _tip("Video height, multiple of 16 (published: 512).", default=512, min=16, max=2048,
@@ -208,10 +244,23 @@ class WanVIST3ASampler:
                                            default="a red sports car")),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora=None, lora_strength=None, seed=None, steps=None, cfg=None, frames=None, width=None,
+                        height=None, flow_shift=None, preset=None):
+        def check():
+            _errors.check_choice("preset", preset, PRESETS)
+            check_sampler_inputs(seed, steps, cfg, frames, width, height, flow_shift, lora_strength)
+            if lora is not None:
+                _errors.check_choice("lora", lora, cls.INPUT_TYPES()["required"]["lora"][0])
+                if preset != "tiny":
+                    check_lora_available(lora)
+
+        return _errors.validation("WanVIST3ASampler", check)
+
     def sample(self, lora, lora_strength, seed, steps, cfg, frames, width, height, flow_shift, preset="comfy",
                model=None, positive=None, negative=None, tiny_prompt="a red sports car"):
         node = "WanVIST3ASampler"
-        _check_video(node, frames, width, height)
+        check_sampler_inputs(seed, steps, cfg, frames, width, height, flow_shift, lora_strength)
         _comfy.check_interrupt()
         if preset in ("micro", "tiny"):
             return ({"samples": sample_preset(node, preset, tiny_prompt, seed, steps, cfg, frames, width, height,
@@ -247,8 +296,19 @@ class VIST3AApplyLoRA:
                                        step=0.05)),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora=None, strength=None):
+        def check():
+            check_sampler_inputs(lora_strength=strength)
+            if lora is not None:
+                _errors.check_choice("lora", lora, cls.INPUT_TYPES()["required"]["lora"][0])
+                check_lora_available(lora)
+
+        return _errors.validation("VIST3AApplyLoRA", check)
+
     def apply(self, model, lora, strength=1.0):
         node = "VIST3AApplyLoRA"
+        check_sampler_inputs(lora_strength=strength)
         return (apply_lora(node, model, load_lora_state(node, lora), strength),)
 
 

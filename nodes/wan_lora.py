@@ -11,7 +11,6 @@ conversion).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -87,14 +86,16 @@ def peft_to_comfy(state: dict[str, torch.Tensor], lora_alpha: float, prefix: str
 
 def load_peft_adapter(folder: str | Path) -> tuple[dict[str, torch.Tensor], float]:
     """A PEFT adapter folder -> (state dict, lora_alpha). Reads ``adapter_model.safetensors`` (or ``.bin``)."""
+    from vist3a.io.weights import load_weights, read_json_file
+
     folder = Path(folder)
-    config = json.loads((folder / "adapter_config.json").read_text())
+    config = read_json_file(folder / "adapter_config.json", "LoRA adapter config")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError("VIST3A LoRA: per-module rank/alpha patterns are not supported")
-    alpha = float(config.get("lora_alpha", config.get("r", 1)))
+    try:
+        alpha = float(config.get("lora_alpha", config.get("r", 1)))
+    except (TypeError, ValueError):
+        raise ValueError(f"VIST3A LoRA: {folder / 'adapter_config.json'}: lora_alpha must be a number, got "
+                         f"{config.get('lora_alpha')!r}") from None
     st = folder / "adapter_model.safetensors"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st)), alpha
-    return torch.load(str(folder / "adapter_model.bin"), map_location="cpu", weights_only=True), alpha
+    return load_weights(st if st.is_file() else folder / "adapter_model.bin", "LoRA adapter weights"), alpha

@@ -183,3 +183,98 @@ def test_atomic_path_for_writers_that_take_a_file_name(tmp_path):
         with open(tmp, "wb") as fh:
             fh.write(b"new")
     assert target.read_bytes() == b"new" and listing(tmp_path) == ["weights.bin"]
+
+
+_KILLED_WRITER = """
+import os, signal, sys, torch
+import vist3a.io.atomic as atomic_mod
+import vist3a.io.ply as ply_mod
+from vist3a import Gaussians
+
+real_open, writes = open, []
+
+class KilledAfterTwoBlocks:
+    def __init__(self, fh):
+        self.fh = fh
+    def write(self, data):
+        writes.append(len(data))
+        if len(writes) == 3:
+            self.fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer or `kill -9` does mid-write
+        return self.fh.write(data)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.fh.close()
+
+atomic_mod.open = lambda path, mode="r", *a, **k: (KilledAfterTwoBlocks(real_open(path, mode, *a, **k))
+                                                   if "w" in mode else real_open(path, mode, *a, **k))
+ply_mod._WRITE_CHUNK_ROWS = 100
+n = 1000
+ply_mod.write_gaussians_ply(sys.argv[1], Gaussians(torch.zeros(n, 3), torch.ones(n, 3), torch.tensor([[1.0, 0, 0, 0]])
+                                                   .repeat(n, 1), torch.full((n,), 0.5), torch.zeros(n, 1, 3)))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_killed_write_leaves_a_recognisable_temp_that_a_later_write_removes(tmp_path):
+    """A write killed outright (SIGKILL) cannot clean up: it leaves its hidden temporary file, recognisably ours,
+    and the target untouched. The next write into that folder removes it once it is stale -- and nothing else: not
+    a fresh one, not one whose writer still runs, not files of other names, links or folders."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import REPO_ROOT
+
+    target = tmp_path / "scene.ply"
+    target.write_bytes(OLD)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target)], env=env, capture_output=True,
+                         check=False, timeout=300)
+    assert run.returncode == -signal.SIGKILL, run.stderr.decode()[-2000:]
+    assert target.read_bytes() == OLD
+    left = [n for n in listing(tmp_path) if n != "scene.ply"]
+    assert len(left) == 1 and left[0].startswith(".scene.ply.") and left[0].endswith(atomic_mod.TEMP_SUFFIX)
+    stale = tmp_path / left[0]
+    assert stale.stat().st_size > 0  # the header and two blocks reached it
+    old = time.time() - 2 * atomic_mod.STALE_AFTER_S
+    os.utime(stale, (old, old))
+    host = atomic_mod._host_tag()
+    keep = {  # none of these may be touched
+        "fresh": f".other.ply.{host}-999999-abcdefgh{atomic_mod.TEMP_SUFFIX}",  # young: maybe still being written
+        "alive": f".mine.ply.{host}-{os.getpid()}-abcdefgh{atomic_mod.TEMP_SUFFIX}",  # its writer (us) still runs
+        "foreign": ".scene.ply.abcdefgh.tmp",  # another tool's temporary file
+        "user": "notes.vist3a.tmp",  # not hidden: not ours
+    }
+    for key, name in keep.items():
+        (tmp_path / name).write_bytes(b"keep")
+        if key != "fresh":
+            os.utime(tmp_path / name, (old, old))
+    link = tmp_path / f".link.ply.{host}-999999-abcdefgh{atomic_mod.TEMP_SUFFIX}"
+    link.symlink_to(tmp_path / "scene.ply")
+    os.utime(link, (old, old), follow_symlinks=False)
+    folder = tmp_path / f".dir.ply.{host}-999999-abcdefgh{atomic_mod.TEMP_SUFFIX}"
+    folder.mkdir()
+    os.utime(folder, (old, old))
+    write_gaussians_ply(tmp_path / "next.ply", make_gaussians(5))  # a later write into the same folder
+    assert not stale.exists()
+    assert sorted(listing(tmp_path)) == sorted(["scene.ply", "next.ply", link.name, folder.name, *keep.values()])
+    assert target.read_bytes() == OLD
+
+
+def test_write_failures_name_the_destination_not_the_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    target = tmp_path / "scene.ply"
+    target.write_bytes(OLD)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".scene.ply.x.vist3a.tmp"))
+
+    monkeypatch.setattr(atomic_mod.os, "fsync", full)
+    with pytest.raises(OSError, match="no space left") as info:
+        write_gaussians_ply(target, make_gaussians(10))
+    assert str(target) in str(info.value) and ".tmp" not in str(info.value) and info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert target.read_bytes() == OLD and listing(tmp_path) == ["scene.ply"]

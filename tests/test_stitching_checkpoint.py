@@ -126,7 +126,7 @@ def test_published_hub_offline_message(monkeypatch, tmp_path):
         load_published_stitched("anysplat_stitched_21_frame_extended.pth", base=_tiny_base())
     msg = str(info.value)
     assert "load_published_stitched: could not get 'HJGO/VIST3A'" in msg
-    assert "huggingface-cli download HJGO/VIST3A" in msg
+    assert "hf download HJGO/VIST3A" in msg and "huggingface-cli" not in msg
     with pytest.raises(FileNotFoundError, match="neither an existing file nor a file of HJGO/VIST3A"):
         load_published_stitched(str(tmp_path / "missing" / "x.pth"), base=_tiny_base())
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -213,20 +213,12 @@ class LPIPS(nn.Module):
     # ------------------------------------------------------------------------------------------------ loading
     @staticmethod
     def _read(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
+        from vist3a.io.weights import load_weights
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"LPIPS: {what} file {path} does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-            state = state["state_dict"]
-        if not isinstance(state, Mapping):
-            raise ValueError(  # noqa: TRY004 (bad file contents, not a bad argument type)
-                f"LPIPS: {what} file {path} does not hold a state dict (got {type(state).__name__})")
-        return dict(state)
+        return load_weights(path, f"LPIPS {what} file")
 
     @staticmethod
     def _check_keys(got: Sequence[str], expected: Sequence[str], path, what: str) -> None:

@@ -388,13 +388,9 @@ class OpenClipScorer(_CosineScorer):
         holding ``state_dict``; loaded with ``weights_only=True``, or a .safetensors file)."""
         open_clip = cls._import()
         model = open_clip.create_model(arch, pretrained=None)
-        if str(checkpoint).endswith(".safetensors"):
-            from safetensors.torch import load_file
+        from vist3a.io.weights import load_weights
 
-            state = load_file(str(checkpoint))
-        else:
-            state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
+        state = load_weights(checkpoint, "HPS checkpoint")  # safetensors, or torch.load(weights_only=True)
         model.load_state_dict(state)
         return cls._wrap(open_clip, model, arch, "hps")
 

@@ -3,6 +3,10 @@
 ``info`` and ``render`` inspect and render splat files; ``generate`` runs text -> 3D and ``reconstruct`` video /
 frames -> 3D through :mod:`vist3a.pipeline` (``--preset tiny``: small random models, plumbing only;
 ``--preset micro``: the shipped models trained on the micro world).
+
+Every command checks all its arguments, files and models before any model loads (:mod:`vist3a.checks`), and every
+failure a user can cause ends as one line on stderr naming the file or argument, what is wrong and what to do, with
+exit code 2 (:func:`vist3a.errors.user_message`); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ __all__ = ["build_parser", "main"]
 
 def _load_scene(path: Path):
     """Gaussians from a 3DGS .ply / .splat, or a PointCloud from a point-cloud .ply."""
+    from .checks import check_input_file
     from .io import load_gaussians, read_ply_header, read_point_cloud_ply
 
+    check_input_file(path, "input file")
     if path.suffix.lower() == ".ply":
         vertex = read_ply_header(path).element("vertex")
         if vertex is not None and "f_dc_0" not in vertex.names and "scale_0" not in vertex.names:
@@ -105,25 +111,38 @@ def _cmd_render(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from .checks import (
+        check_device,
+        check_free_space,
+        check_input_file,
+        check_integer,
+        check_number,
+        check_output_file,
+    )
     from .gaussians import Gaussians
     from .io.atomic import atomic_write
     from .render import render, render_point_cloud
 
-    out = Path(args.output)
-    if out.suffix.lower() not in (".png", ".mp4"):
-        raise ValueError(f"output must be a .png (grid) or .mp4 (orbit video) file, got '{out.name}'")
+    check_input_file(args.file, "input file")
+    out = check_output_file(args.output, "-o/--output", (".png", ".mp4"))
     if out.suffix.lower() == ".mp4":
         try:
             import imageio_ffmpeg  # noqa: F401  (optional: ships its own ffmpeg binary)
         except ImportError:
             raise ValueError("writing .mp4 needs the optional imageio-ffmpeg package (`pip install imageio-ffmpeg`); "
                              "or write a .png grid") from None
-    if args.views < 1 or args.size < 8:
-        raise ValueError("--views must be >= 1 and --size >= 8")
+    check_integer(args.views, "--views", lo=1, hi=MAX_VIEWS)
+    check_integer(args.size, "--size", lo=8, hi=MAX_RENDER_SIZE)
+    if args.fov is not None:
+        check_number(args.fov, "--fov", lo=0, hi=180, lo_open=True, hi_open=True, hint="degrees; the default is 50")
+    check_number(args.elevation, "--elevation", lo=-90, hi=90, lo_open=True, hi_open=True,
+                 hint="degrees above the orbit plane; the default is 20")
+    check_integer(args.fps, "--fps", lo=1, hi=240)
+    device = torch.device(check_device(args.device))
+    check_free_space({out: args.views * args.size * args.size * 3 + 4096})  # uncompressed: an upper bound
     scene = _load_scene(Path(args.file))
     if len(scene) == 0:
-        raise ValueError(f"'{args.file}' holds no splats or points")
-    device = torch.device(args.device)
+        raise ValueError(f"'{args.file}' holds no splats or points; nothing to render")
     scene = scene.to(device=device)
     points = scene.means if isinstance(scene, Gaussians) else scene.points
     source = _render_cameras(args)
@@ -163,6 +182,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_VIEWS = 360
+MAX_RENDER_SIZE = 4096
+
+
 # ============================================================================================ generate / reconstruct
 _DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32",
            "float32": "float32"}
@@ -185,58 +208,124 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def _outputs(args: argparse.Namespace) -> dict[str, Path]:
-    """Check every output path before any model is loaded: suffix, existing folder, no two the same."""
-    outs = {"scene": Path(args.output)}
-    if not args.no_cameras:
-        from .io.cameras_json import cameras_sidecar
+    """Check every output path before any model is loaded: suffix, existing and writable folder (probed), not a
+    folder, no two the same. The decoded cameras go beside the scene (``<scene>.cameras.json``) unless
+    ``--no-cameras``."""
+    from .checks import check_output_file
+    from .io.cameras_json import cameras_sidecar
 
-        outs["cameras"] = cameras_sidecar(args.output)
-    if args.pointmap:
-        outs["pointmap"] = Path(args.pointmap)
-    if args.splat:
-        outs["splat"] = Path(args.splat)
     wanted = {"scene": (".ply", ".splat"), "pointmap": (".ply",), "splat": (".splat",), "cameras": (".json",)}
     flags = {"scene": "-o/--output", "pointmap": "--pointmap", "splat": "--splat",
              "cameras": "the camera file beside -o (--no-cameras to skip it)"}
-    for key, path in outs.items():
-        if path.suffix.lower() not in wanted[key]:
-            raise ValueError(f"{flags[key]} {str(path)!r} must end in {' or '.join(wanted[key])}")
-        parent = path.expanduser().resolve().parent
-        if not parent.is_dir():
-            raise ValueError(f"{flags[key]} {str(path)!r}: folder {parent} does not exist; create it first")
-        if path.is_dir():
-            raise ValueError(f"{flags[key]} {str(path)!r} is a folder; give a file name")
-    resolved = [p.expanduser().resolve() for p in outs.values()]
+    given = {"scene": args.output, "pointmap": args.pointmap, "splat": args.splat,
+             "cameras": None if args.no_cameras or not args.output else str(cameras_sidecar(args.output))}
+    outs = {key: check_output_file(value, flags[key], wanted[key]) for key, value in given.items() if value}
+    resolved = [p.resolve() for p in outs.values()]
     if len(set(resolved)) != len(resolved):
         raise ValueError("-o, --pointmap, --splat and the camera file beside -o must be different files")
     return outs
 
 
-def _check_sizes(args: argparse.Namespace) -> tuple[int, int] | None:
-    """Frame count and size checks before any model is loaded (fail fast, never change them silently)."""
-    from .pipeline.settings import check_frames, check_size
+def _video_shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(frames, height, width) the run will use, checked (4k+1 frames, multiples of 16), before any model loads."""
+    from .pipeline.presets import MICRO_SETTINGS, TINY_SETTINGS
+    from .pipeline.settings import GenerationSettings, check_frames, check_size
 
-    if args.frames is not None:
-        check_frames(args.frames)
+    base = {"tiny": TINY_SETTINGS, "micro": MICRO_SETTINGS}.get(args.preset, GenerationSettings())
+    frames = base.num_frames if args.frames is None else check_frames(args.frames, "--frames")
     size = _parse_size(args.size)
-    if size is not None:
-        check_size(*size)
-    return size
+    height, width = (base.height, base.width) if size is None else check_size(*size, ("--size height",
+                                                                                      "--size width"))
+    return frames, height, width
+
+
+def _estimated_bytes(outs: dict[str, Path], shape: tuple[int, int, int], sh_degree: int) -> dict[Path, int]:
+    """Upper estimates of the output sizes (one Gaussian / point per 3D pixel of every frame)."""
+    from .io.ply import gaussian_ply_property_names
+    from .pipeline.settings import model_size
+
+    frames, height, width = shape
+    h3, w3 = model_size(height, width)
+    n = frames * h3 * w3
+    per_point = {"scene": 4 * len(gaussian_ply_property_names(4 if sh_degree < 0 else min(sh_degree, 4))),
+                 "pointmap": 19, "splat": 32}
+    sizes = {}
+    for key, path in outs.items():
+        if key == "cameras":
+            sizes[path] = frames * 400 + 4096  # JSON text of the cameras
+            continue
+        per = 32 if path.suffix.lower() == ".splat" else per_point[key]
+        sizes[path] = n * per + 4096
+    return sizes
 
 
 def _runtime(args: argparse.Namespace):
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available in this torch build; use --device cpu")
+    from .checks import check_device
+
+    device = check_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu")
     name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
     if name not in _DTYPES:
         raise ValueError(f"--dtype {name!r}: choose fp16, bf16 or fp32")
     dec_name = args.decoder_dtype or "fp32"
     if dec_name not in _DTYPES:
         raise ValueError(f"--decoder-dtype {dec_name!r}: choose fp16, bf16 or fp32")
+    if getattr(args, "offload", "none") != "none":
+        if not device.startswith("cuda"):
+            raise ValueError(f"--offload {args.offload} moves models between the CPU and a GPU; it needs --device "
+                             "cuda (on the CPU every model already sits in CPU memory)")
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise ValueError(f"--offload {args.offload} needs the accelerate package (`pip install accelerate`); or "
+                             "run without --offload") from None
     return device, getattr(torch, _DTYPES[name]), getattr(torch, _DTYPES[dec_name])
+
+
+_SETTING_FLAGS = {"num_frames": "--frames", "height": "--size height", "width": "--size width",
+                  "num_inference_steps": "--steps", "guidance_scale": "--cfg", "flow_shift": "--flow-shift"}
+
+
+def _check_generation(args: argparse.Namespace, shape: tuple[int, int, int]) -> None:
+    """--steps / --cfg / --flow-shift / --seed / --sh-degree: finite and in range, before any model loads."""
+    from .checks import check_integer, check_seed
+    from .pipeline.presets import TINY_SETTINGS
+    from .pipeline.settings import GenerationSettings
+
+    base = TINY_SETTINGS if args.preset == "tiny" else GenerationSettings()
+    frames, height, width = shape
+    base.replace(num_frames=frames, height=height, width=width, num_inference_steps=getattr(args, "steps", None),
+                 guidance_scale=getattr(args, "cfg", None), flow_shift=getattr(args, "flow_shift", None)
+                 ).check(_SETTING_FLAGS)
+    check_seed(args.seed, "--seed")
+    check_integer(args.sh_degree, "--sh-degree", lo=-1, hi=4, hint="0 = DC colour only, -1 = the model's degree")
+
+
+def _check_models(args: argparse.Namespace, kind: str) -> None:
+    """Every model the run needs, all at once (:func:`vist3a.checks.check_model_sources`), before any loads."""
+    from .checks import check_model_sources
+    from .pipeline.sources import (
+        decoder_sources,
+        lora_source,
+        text_to_3d_sources,
+        video_to_3d_sources,
+    )
+
+    if args.preset == "micro":
+        from .pipeline.presets import micro_path
+
+        for part in ("vae", "anysplat", "decoder"):
+            micro_path(part)
+        return
+    lora = getattr(args, "lora", None)
+    if args.preset == "tiny":
+        sources = [lora_source(lora)] + (decoder_sources(args.decoder) if args.decoder is not None else [])
+    elif kind == "generate":
+        sources = text_to_3d_sources(args.wan, args.decoder, "auto" if lora is None else lora, args.base)
+    else:
+        sources = video_to_3d_sources(args.wan, args.decoder, args.base)
+    check_model_sources(sources)
 
 
 def _check_preset(args: argparse.Namespace, model_flags: tuple[str, ...]) -> None:
@@ -285,16 +374,19 @@ def _write_scene(scene, outs: dict[str, Path], sh_degree: int | None) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from .checks import check_free_space
     from .pipeline import TextTo3DPipeline
     from .pipeline.settings import check_prompt
 
+    # Everything is checked before the first model loads: a run that would fail fails now.
     check_prompt(args.prompt)
     outs = _outputs(args)
-    size = _check_sizes(args)
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps {args.steps}: must be >= 1 (published: 50)")
+    shape = _video_shape(args)
+    _check_generation(args, shape)
     device, dtype, dec_dtype = _runtime(args)
     _check_preset(args, ("wan", "base"))
+    _check_models(args, "generate")
+    check_free_space(_estimated_bytes(outs, shape, args.sh_degree))
     if args.preset == "tiny":
         pipe = TextTo3DPipeline.tiny(seed=0, decoder=args.decoder, lora=args.lora)
         if device != "cpu":
@@ -309,7 +401,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                         "--preset tiny for a quick offline check)")
         pipe = TextTo3DPipeline.from_pretrained(
             wan=args.wan or "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", decoder=args.decoder,
-            lora="auto" if args.lora is None else args.lora, base=args.base, dtype=dtype, decoder_dtype=dec_dtype)
+            lora="auto" if args.lora is None else args.lora, base=args.base, dtype=dtype, decoder_dtype=dec_dtype,
+            check_sources=False)
         if args.offload == "model":
             pipe.enable_model_cpu_offload(device)
         elif args.offload == "sequential":
@@ -321,24 +414,31 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.no_template:
         kwargs["prompt_template"] = None
-    scene = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames,
-                 height=size[0] if size else None, width=size[1] if size else None, num_inference_steps=args.steps,
-                 guidance_scale=args.cfg, flow_shift=args.flow_shift, seed=args.seed,
+    frames, height, width = shape
+    scene = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=frames, height=height, width=width,
+                 num_inference_steps=args.steps, guidance_scale=args.cfg, flow_shift=args.flow_shift, seed=args.seed,
                  progress=not args.no_progress, **kwargs)
     _write_scene(scene, outs, args.sh_degree)
     return 0
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .checks import check_free_space
     from .pipeline import VideoTo3DPipeline
+    from .pipeline.frames import load_frames
 
     source = Path(args.input)
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist (pass a folder of ordered frames or a video file)")
     outs = _outputs(args)
-    size = _check_sizes(args)
+    shape = _video_shape(args)
+    frames, height, width = shape
+    _check_generation(args, shape)
     device, dtype, dec_dtype = _runtime(args)
     _check_preset(args, ("wan", "base"))
+    _check_models(args, "reconstruct")
+    check_free_space(_estimated_bytes(outs, shape, args.sh_degree))
+    clip = load_frames(source, frames, height, width)  # read (and checked) before any model loads
     if args.preset == "tiny":
         pipe = VideoTo3DPipeline.tiny(seed=0, decoder=args.decoder)
     elif args.preset == "micro":
@@ -346,12 +446,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     else:
         pipe = VideoTo3DPipeline.from_pretrained(wan=args.wan or "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                                                  decoder=args.decoder, base=args.base, dtype=dtype,
-                                                 decoder_dtype=dec_dtype)
+                                                 decoder_dtype=dec_dtype, check_sources=False)
         if args.vae_tiling:
             pipe.enable_vae_tiling()
     pipe.to(device)
-    scene = pipe(source, num_frames=args.frames, height=size[0] if size else None,
-                 width=size[1] if size else None, seed=args.seed if args.seed is not None else 0)
+    scene = pipe(clip, num_frames=frames, height=height, width=width, seed=args.seed if args.seed is not None else 0)
     _write_scene(scene, outs, args.sh_degree)
     return 0
 
@@ -395,13 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Gaussian splat files (.ply, .splat) and point clouds.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    debug = argparse.ArgumentParser(add_help=False)  # --debug is also accepted after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("info", help="print counts, SH degree and bounds of a splat or point-cloud file")
+    p = sub.add_parser("info", parents=[debug], help="print counts, SH degree and bounds of a splat or point-cloud file")
     p.add_argument("file", help="3DGS .ply, .splat, or point-cloud .ply")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("render", help="render orbit views of a splat or point-cloud file to a PNG grid")
+    p = sub.add_parser("render", parents=[debug], help="render orbit views of a splat or point-cloud file to a PNG grid")
     p.add_argument("file", help="3DGS .ply, .splat, or point-cloud .ply")
     p.add_argument("-o", "--output", required=True,
                    help="output .png grid, or .mp4 orbit video (needs imageio-ffmpeg); written atomically")
@@ -409,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="view width and height in pixels (default 256)")
     p.add_argument("--elevation", type=float, default=20.0, help="orbit elevation in degrees (default 20)")
     p.add_argument("--fov", type=float, default=None,
-                   help="horizontal field of view in degrees (default 50; with cameras: theirs)")
+                   help="horizontal field of view in degrees, in (0, 180) (default 50; with cameras: theirs)")
     p.add_argument("--cameras", default="auto",
                    help="orbit along these cameras: auto (default) = <scene>.cameras.json beside the file when it "
                         "exists (written by generate / reconstruct), none = orbit the scene's bounds, or a file")
@@ -420,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=16, help=".mp4 frames per second (default 16)")
     p.set_defaults(func=_cmd_render)
 
-    p = sub.add_parser("generate", help="text -> 3D scene (.ply / .splat) with Wan 2.1 + the stitched decoder")
+    p = sub.add_parser("generate", parents=[debug], help="text -> 3D scene (.ply / .splat) with Wan 2.1 + the stitched decoder")
     p.add_argument("prompt", help="scene description, e.g. \"a red sports car\"")
     _add_common(p, presets=("tiny", "micro"))
     p.add_argument("--steps", type=int, help="denoising steps (default 50; tiny preset 4, micro 20)")
@@ -437,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("reconstruct", help="video file or folder of ordered frames -> 3D scene (Wan VAE encoder + "
+    p = sub.add_parser("reconstruct", parents=[debug], help="video file or folder of ordered frames -> 3D scene (Wan VAE encoder + "
                                            "stitched decoder)")
     p.add_argument("input", help="folder of ordered frames (natural sort) or a video file (needs imageio-ffmpeg)")
     _add_common(p, presets=("tiny", "micro"))
@@ -446,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models.loading import CheckpointMismatchError
+    """Run the command; returns the exit code: 0 done, 2 a problem the user can fix (one line on stderr naming the
+    file or argument, what is wrong and what to do), 1 an internal error (a bug), 130 interrupted."""
+    from .errors import user_message
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -456,12 +560,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, OSError, CheckpointMismatchError) as err:
-        print(f"vist3a {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print("vist3a: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        message = user_message(err)
+        if message is None:
+            print(f"vist3a {args.command}: internal error: {type(err).__name__}: {err}\n(this is a bug in vist3a: "
+                  "re-run with --debug for the traceback and report it)", file=sys.stderr)
+            return 1
+        print(f"vist3a {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ __all__ = ["FORMAT", "MicroClips", "MicroScenes", "WorldManifest", "generate_wor
 
 logger = logging.getLogger("vist3a.micro")
 
-FORMAT = "vist3a.micro_world/1"
+FORMAT = "vist3a.micro_world/2"  # /2: renders of world.STYLE 2
 MANIFEST = "world.json"
 TIMING = "timing.json"  # seconds per shard (one worker) and the total wall time of the runs that rendered them
 
@@ -67,7 +67,8 @@ class WorldManifest:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "seed": self.seed, "counts": self.counts, "shard_size": self.shard_size,
                 "video_size": self.video_size, "model_size": self.model_size, "clip_frames": self.clip_frames,
-                "target_views": self.target_views, "heldout_combos": [list(c) for c in W.HELDOUT_COMBOS],
+                "target_views": self.target_views, "style": W.STYLE,
+                "heldout_combos": [list(c) for c in W.HELDOUT_COMBOS],
                 "vocabulary": W.vocabulary()}
 
 

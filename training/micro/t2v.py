@@ -75,7 +75,7 @@ def build_micro_wan(vae, seed: int = 0, flow_shift: float = 5.0):
 
 @dataclass
 class T2VTrainConfig:
-    steps: int = 8000
+    steps: int = 6000
     batch: int = 16
     lr: float = 3e-4
     warmup: int = 300

@@ -54,6 +54,7 @@ from ..gaussians import Gaussians
 from ..pointcloud import PointCloud
 from ..sh import SH_C0, num_sh_bases, sh_degree_from_bases
 from .atomic import atomic_write
+from .paths import check_input_file
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -231,7 +232,7 @@ def _parse_header(fh: BinaryIO, path: str) -> PlyHeader:
 
 def read_ply_header(path: str | os.PathLike) -> PlyHeader:
     """Parse the header of the PLY file at ``path`` (reads at most :data:`MAX_HEADER_BYTES`)."""
-    path = os.fspath(path)
+    path = check_input_file(path, "PLY file")
     with open(path, "rb") as fh:
         return _parse_header(fh, path)
 
@@ -519,6 +520,7 @@ def read_gaussians_ply(path: str | os.PathLike, *, dtype: torch.dtype = torch.fl
     if not dtype.is_floating_point:
         raise ValueError(f"read_gaussians_ply: dtype must be floating point, got {dtype}")
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    check_input_file(path, "PLY file")
     with open(path, "rb") as fh:
         header = _parse_header(fh, path)
         vertex = _vertex_element(path, header)
@@ -564,7 +566,8 @@ def read_gaussians_ply(path: str | os.PathLike, *, dtype: torch.dtype = torch.fl
     if not np.isfinite(scales).all():
         raise ValueError(
             f"{path}: a scale_* value ({log_scales.max():g}) is far too large: exp() of it overflows {np.dtype(np_dtype).name}; "
-            "the file is corrupt or does not store log-scales"
+            "the file is corrupt, declares the wrong byte order (binary_little_endian / binary_big_endian) or "
+            "does not store log-scales"
         )
     np.maximum(scales, np.finfo(np_dtype).tiny, out=scales)  # exp of a hugely negative log-scale underflows to 0
     opacities = _sigmoid(logit[:, 0]).astype(np_dtype)
@@ -624,6 +627,7 @@ def read_point_cloud_ply(
     """
     path = os.fspath(path)
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    check_input_file(path, "PLY file")
     with open(path, "rb") as fh:
         header = _parse_header(fh, path)
         vertex = _vertex_element(path, header)

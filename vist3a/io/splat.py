@@ -34,6 +34,7 @@ import torch
 from ..gaussians import Gaussians
 from ..sh import SH_C0
 from .atomic import atomic_write
+from .paths import check_input_file
 
 __all__ = ["SPLAT_DTYPE", "read_splat", "write_splat"]
 
@@ -202,6 +203,7 @@ def read_splat(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -
     """
     path = os.fspath(path)
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    check_input_file(path, ".splat file")
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         head = fh.read(5)

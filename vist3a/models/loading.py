@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointMismatchError
 from .anysplat import AnySplat
 from .config import AnySplatConfig, VGGTConfig, anysplat_config_from_hub
 from .vggt import VGGT
@@ -43,25 +44,13 @@ _WEIGHT_NAMES = ("model.safetensors", "model.pt", "pytorch_model.bin", "model.pt
 _DROPPED_PREFIXES = ("encoder.distill_aggregator.", "encoder.distill_camera_head.", "encoder.distill_depth_head.")
 
 
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint's keys or shapes do not match the model built from the config."""
-
-
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file: ``.safetensors`` via safetensors, ``.pt/.pth/.bin`` via ``torch.load(weights_only=True)``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Read a weights file: ``.safetensors`` via safetensors, ``.pt/.pth/.bin`` via ``torch.load(weights_only=True)``
+    (:func:`vist3a.io.weights.load_weights`: damaged, truncated, mislabelled or unsafe files raise one clear
+    ValueError)."""
+    from ..io.weights import load_weights
 
-        return load_file(str(path))
-    if path.suffix in (".pt", ".pth", ".bin"):
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-            obj = obj["state_dict"]
-        if not isinstance(obj, Mapping):
-            raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
-        return dict(obj)
-    raise ValueError(f"{path}: unsupported weights format {path.suffix!r} (use .safetensors, .pt or .pth)")
+    return load_weights(path, "weights file")
 
 
 def _fmt(keys, limit: int = 12) -> str:
@@ -132,7 +121,7 @@ def _offline_message(repo_id: str, err: Exception, caller: str = "from_pretraine
     return (f"{caller}: could not get {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
             "Offline mode (HF_HUB_OFFLINE=1), no network, a wrong repository id or missing access rights: "
             "download the repository elsewhere "
-            f"(e.g. `huggingface-cli download {repo_id} --local-dir <folder>`) and pass the local folder or weights "
+            f"(e.g. `hf download {repo_id} --local-dir <folder>`) and pass the local folder or weights "
             f"file instead, e.g. {example}.")
 
 
@@ -211,7 +200,9 @@ def from_pretrained(
     cfg_data = None
     cfg_file = folder / "config.json"
     if config is None and cfg_file.is_file():
-        cfg_data = json.loads(cfg_file.read_text())
+        from ..io.weights import read_json_file
+
+        cfg_data = read_json_file(cfg_file, "model config")
     state = load_state_dict_file(weights)
     if isinstance(config, (AnySplatConfig, VGGTConfig)):
         kind = model or config.model_type
@@ -221,7 +212,13 @@ def from_pretrained(
             cfg_data = config
         kind = model or (cfg_data or {}).get("model_type") or ("anysplat" if cfg_data and "encoder_cfg" in cfg_data
                                                                  else None) or _infer_kind(state)
-        cfg = _config_for(kind, cfg_data)
+        try:
+            cfg = _config_for(kind, cfg_data)
+        except (KeyError, TypeError, AttributeError) as err:
+            where = "the config passed" if isinstance(config, dict) else str(cfg_file)
+            raise ValueError(f"from_pretrained: {where} does not describe a {kind} model ({type(err).__name__}: "
+                             f"{err}); use the config.json saved with the weights, or remove it to use the "
+                             "published defaults") from None
     with torch.device("meta"):
         net = AnySplat(cfg) if kind == "anysplat" else VGGT(cfg)
     net = net.to_empty(device="cpu").float()

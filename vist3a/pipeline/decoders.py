@@ -13,7 +13,7 @@ __all__ = ["load_stitched_decoder"]
 
 
 def load_stitched_decoder(source: str | Path | None = None, base: str | Path | None = None,
-                          dtype: torch.dtype | None = None):
+                          dtype: torch.dtype | None = None, check: bool = True):
     """Load a :class:`~vist3a.stitching.StitchedDecoder` (CPU, eval mode).
 
     ``source``:
@@ -21,9 +21,16 @@ def load_stitched_decoder(source: str | Path | None = None, base: str | Path | N
       * a local ``.pth`` / ``.pt`` file or ``HJGO/VIST3A/<file>.pth`` -> the published import;
       * a local folder, ``decoder_config.json`` / ``model.safetensors`` or a hub repo id -> our format.
     ``base``: base AnySplat for the published import (hub id, folder or weights file); default ``lhjiang/anysplat``.
-    Missing files offline raise OSError naming the repository/file and how to pass a local path.
+    Missing files offline raise OSError naming the repository/file and how to pass a local path. ``check`` runs the
+    pre-flight check of every file it needs (decoder and base) first, so all missing ones are named at once.
     """
     from ..stitching import load_decoder, load_published_stitched
+
+    if check:
+        from ..checks import check_model_sources
+        from .sources import decoder_sources
+
+        check_model_sources(decoder_sources(source, base), "load_stitched_decoder")
 
     if source is None:
         return load_published_stitched(DEFAULT_DECODER_FILE, base=base, dtype=dtype)

@@ -54,9 +54,11 @@ def _read_images(paths: list[Path]) -> Tensor:
     for p in paths:
         try:
             with Image.open(p) as im:
+                if im.width * im.height > 16384 * 16384:
+                    raise ValueError(f"{im.width}x{im.height} pixels is far larger than a video frame")
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read image {p}: {exc}") from exc
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"cannot read image {p}: {exc}; replace or remove that frame") from None
         if out and arr.shape != out[0].shape:
             raise ValueError(f"frame {p.name} is {arr.shape[1]}x{arr.shape[0]} but the first frame is "
                              f"{out[0].shape[1]}x{out[0].shape[0]}; all frames of a clip must have one size")
@@ -74,10 +76,16 @@ def read_video(path: str | os.PathLike, indices_for=None) -> Tensor:
                          "the folder") from err
     import numpy as np
 
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    w, h = meta["size"]
-    frames = [np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3) for buf in reader]
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        w, h = meta["size"]
+        frames = [np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3) for buf in reader]
+    except (RuntimeError, OSError, StopIteration, KeyError, ValueError) as err:
+        first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise ValueError(f"cannot read the video {path} ({first[:200]}); it is damaged or not a video: extract "
+                         f"the frames with ffmpeg (`ffmpeg -i {Path(path).name} frames/%04d.png`) and pass the "
+                         "folder") from None
     if not frames:
         raise ValueError(f"{path}: no frames could be decoded")
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -88,13 +96,17 @@ def load_frames(source: str | os.PathLike, num_frames: int, height: int, width: 
     width) in [0, 1]: evenly resampled in time (first and last kept), scaled to cover and centre-cropped."""
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                       key=_natural_key)
         if not files:
             raise ValueError(f"{path} holds no frames ({', '.join(IMAGE_SUFFIXES)})")
         if len(files) < num_frames:
             logger.warning("%s has %d frames; repeating frames to reach %d", path, len(files), num_frames)
         files = [files[i] for i in resample_indices(len(files), num_frames)]
         clip = _read_images(files)
+    elif path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file or folder (a FIFO, socket or device); pass a folder of "
+                         "ordered frames or a video file")
     elif path.is_file():
         if path.suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"{path.name}: expected a folder of frames or a video file ({', '.join(VIDEO_SUFFIXES)})")

@@ -13,6 +13,7 @@ Size rules (checked, never silently changed):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 __all__ = [
@@ -70,36 +71,48 @@ class GenerationSettings:
         """A copy with the non-None ``changes`` applied."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def check(self) -> None:
-        check_frames(self.num_frames)
-        check_size(self.height, self.width)
-        if int(self.num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}; the published "
-                             "setting is 50")
-        if float(self.guidance_scale) < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}; the published setting is 7.5 "
-                             "(values <= 1 turn classifier-free guidance off)")
-        if float(self.flow_shift) <= 0:
-            raise ValueError(f"flow_shift must be > 0, got {self.flow_shift}; the published setting is 5.0")
+    def check(self, names: dict[str, str] | None = None) -> None:
+        """Raise ValueError unless every setting is usable (finite numbers in range, sizes the models take).
+        ``names`` maps field names to what the user typed (e.g. ``{"guidance_scale": "--cfg"}``) for the message."""
+        from ..checks import check_integer, check_number
+
+        n = {f: f for f in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "flow_shift",
+                            "max_sequence_length")}
+        n.update(names or {})
+        check_frames(self.num_frames, n["num_frames"])
+        check_size(self.height, self.width, (n["height"], n["width"]))
+        check_integer(self.num_inference_steps, n["num_inference_steps"], lo=1, hint="the published setting is 50")
+        check_number(self.guidance_scale, n["guidance_scale"], lo=0,
+                     hint="the published setting is 7.5 (values <= 1 turn classifier-free guidance off)")
+        check_number(self.flow_shift, n["flow_shift"], lo=0, lo_open=True, hint="the published setting is 5.0")
+        check_integer(self.max_sequence_length, n["max_sequence_length"], lo=1)
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError(  # noqa: TRY004 (a bad setting value, reported like the others)
+                f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
 
 
-def check_frames(num_frames: int) -> int:
-    """Raise unless ``num_frames`` is 4k + 1 (k >= 1); return it as int."""
+def check_frames(num_frames: int, name: str = "num_frames") -> int:
+    """Raise unless ``num_frames`` is a whole number 4k + 1 (k >= 1); return it as int."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, float)) or not math.isfinite(num_frames):
+        raise ValueError(f"{name} {num_frames!r}: must be a whole number 4k + 1 (5, 9, 13, 17, 21, ...; "
+                         "published: 13)")
     n = int(num_frames)
     if n != num_frames or n < 5 or (n - 1) % TEMPORAL:
         lo = max(TEMPORAL * ((n - 1) // TEMPORAL) + 1, 5)
         hi = lo + TEMPORAL if lo <= n else lo
-        raise ValueError(f"num_frames={num_frames}: the Wan VAE needs 4k + 1 frames (5, 9, 13, 17, 21, ...); use "
+        raise ValueError(f"{name} {num_frames}: the Wan VAE needs 4k + 1 frames (5, 9, 13, 17, 21, ...); use "
                          f"{lo}{'' if hi == lo else f' or {hi}'} (published: 13)")
     return n
 
 
-def check_size(height: int, width: int) -> tuple[int, int]:
+def check_size(height: int, width: int, names: tuple[str, str] = ("video height", "video width")) -> tuple[int, int]:
     """Raise unless both sides are positive multiples of 16 (video pixels per stitched token)."""
-    for name, v in (("height", height), ("width", width)):
+    for name, v in zip(names, (height, width)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} {v!r}: must be a whole number of pixels, a multiple of 16 (published: 512)")
         if int(v) != v or v < VIDEO_PIXELS_PER_TOKEN or v % VIDEO_PIXELS_PER_TOKEN:
             near = max(VIDEO_PIXELS_PER_TOKEN, round(v / VIDEO_PIXELS_PER_TOKEN) * VIDEO_PIXELS_PER_TOKEN)
-            raise ValueError(f"video {name}={v}: sizes must be multiples of 16 (VAE /8 x stitching stride 2, so "
+            raise ValueError(f"{name} {v}: sizes must be multiples of 16 (VAE /8 x stitching stride 2, so "
                              f"that video/16 == 3D-model size/14, e.g. 512 <-> 448); use {near}")
     return int(height), int(width)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_device, check_model_sources, check_seed
 from .decoders import load_stitched_decoder
 from .output import SceneOutput, run_decoder
 from .settings import (
@@ -28,6 +29,7 @@ from .settings import (
     check_prompt,
     model_size,
 )
+from .sources import decoder_sources, lora_source, text_to_3d_sources
 from .wan import (
     decode_frames,
     default_lora_subfolder,
@@ -77,8 +79,13 @@ class TextTo3DPipeline:
     def from_pretrained(cls, wan: str | Path = DEFAULT_WAN, decoder: str | Path | None = None,
                         lora: str | Path | None = "auto", base: str | Path | None = None,
                         dtype: torch.dtype = torch.float16, decoder_dtype: torch.dtype | None = None,
-                        settings: GenerationSettings | None = None) -> TextTo3DPipeline:
+                        settings: GenerationSettings | None = None, check_sources: bool = True
+                        ) -> TextTo3DPipeline:
         """Load the published models (hub ids through the huggingface_hub cache, or local paths).
+
+        Before the first model loads, every model is checked (:func:`vist3a.checks.check_model_sources`): all that
+        are missing are reported in one ``MissingModelsError`` with their ``hf download`` commands
+        (``check_sources=False`` skips that when the caller already ran it).
 
         Args:
             wan: diffusers Wan 2.1 T2V pipeline (hub id or folder).
@@ -89,6 +96,9 @@ class TextTo3DPipeline:
             dtype: Wan dtype (published: float16); decoder_dtype: decoder dtype (default float32).
         """
         settings = settings or GenerationSettings()
+        settings.check()
+        if check_sources:
+            check_model_sources(text_to_3d_sources(wan, decoder, lora, base), "TextTo3DPipeline.from_pretrained")
         pipe = load_wan_pipeline(wan, dtype=dtype, flow_shift=settings.flow_shift)
         if lora is not None and str(lora).lower() != "none":
             source = f"{DEFAULT_LORA_REPO}/{default_lora_subfolder(wan)}" if lora == "auto" else lora
@@ -96,7 +106,7 @@ class TextTo3DPipeline:
         else:
             logger.warning("no VIST3A LoRA: sampling with the base Wan transformer (its videos are not trained to "
                            "orbit the scene; 3D quality will suffer)")
-        dec = load_stitched_decoder(decoder, base=base, dtype=decoder_dtype)
+        dec = load_stitched_decoder(decoder, base=base, dtype=decoder_dtype, check=False)
         return cls(pipe, dec, settings)
 
     @classmethod
@@ -109,10 +119,12 @@ class TextTo3DPipeline:
         ``seed``) replace the random decoder / are applied to the tiny transformer."""
         from .presets import TINY_SETTINGS, tiny_decoder, tiny_wan_pipeline
 
+        sources = [lora_source(lora)] + (decoder_sources(decoder) if decoder is not None else [])
+        check_model_sources(sources, "TextTo3DPipeline.tiny")
         wan = tiny_wan_pipeline(seed)
         if lora is not None:
             wan.transformer = load_vist3a_lora(wan.transformer, lora)
-        dec = tiny_decoder(seed, decoder_kind) if decoder is None else load_stitched_decoder(decoder)
+        dec = tiny_decoder(seed, decoder_kind) if decoder is None else load_stitched_decoder(decoder, check=False)
         return cls(wan, dec, TINY_SETTINGS, untrained=True)
 
     @classmethod
@@ -134,6 +146,7 @@ class TextTo3DPipeline:
     # ------------------------------------------------------------------------------------------ placement
     def to(self, device: str | torch.device) -> TextTo3DPipeline:
         """Put every model on ``device`` (needs memory for all of them at once; see the README's table)."""
+        check_device(str(device), "device")
         self._offload_device = None
         self.wan.to(device)
         self.decoder.to(device)
@@ -142,6 +155,7 @@ class TextTo3DPipeline:
     def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> TextTo3DPipeline:
         """diffusers' model CPU offload for the Wan parts (one model on the GPU at a time) and the same policy by
         hand for the stitched decoder. Needs ``accelerate``."""
+        check_device(str(device), "device")
         try:
             self.wan.enable_model_cpu_offload(device=device)
         except ImportError as err:
@@ -153,6 +167,7 @@ class TextTo3DPipeline:
 
     def enable_sequential_cpu_offload(self, device: str | torch.device = "cuda") -> TextTo3DPipeline:
         """diffusers' sequential (per-layer) offload: least VRAM, much slower."""
+        check_device(str(device), "device")
         try:
             self.wan.enable_sequential_cpu_offload(device=device)
         except ImportError as err:
@@ -196,6 +211,7 @@ class TextTo3DPipeline:
         Returns a :class:`SceneOutput` (CPU tensors).
         """
         check_prompt(prompt)
+        check_seed(seed)
         s = self.settings.replace(negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                   flow_shift=flow_shift)

@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checks import check_device, check_model_sources, check_seed
 from .decoders import load_stitched_decoder
 from .output import SceneOutput, run_decoder
 from .settings import DEFAULT_WAN, check_frames, check_size, model_size
+from .sources import decoder_sources, video_to_3d_sources
 from .wan import load_wan_vae, resize_frames
 
 __all__ = ["VideoTo3DPipeline"]
@@ -48,9 +50,15 @@ class VideoTo3DPipeline:
     @classmethod
     def from_pretrained(cls, wan: str | Path = DEFAULT_WAN, decoder: str | Path | None = None,
                         base: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                        decoder_dtype: torch.dtype | None = None, **kwargs) -> VideoTo3DPipeline:
-        """Wan VAE from ``wan`` (pipeline id / folder, its ``vae/``) and the stitched decoder (None = published)."""
-        return cls(load_wan_vae(wan, dtype), load_stitched_decoder(decoder, base=base, dtype=decoder_dtype), **kwargs)
+                        decoder_dtype: torch.dtype | None = None, check_sources: bool = True,
+                        **kwargs) -> VideoTo3DPipeline:
+        """Wan VAE from ``wan`` (pipeline id / folder, its ``vae/``) and the stitched decoder (None = published).
+        Every model is checked first (all missing ones in one ``MissingModelsError``; ``check_sources=False``
+        skips that when the caller already ran it)."""
+        if check_sources:
+            check_model_sources(video_to_3d_sources(wan, decoder, base), "VideoTo3DPipeline.from_pretrained")
+        return cls(load_wan_vae(wan, dtype), load_stitched_decoder(decoder, base=base, dtype=decoder_dtype,
+                                                                   check=False), **kwargs)
 
     @classmethod
     def tiny(cls, seed: int = 0, decoder: str | Path | None = None) -> VideoTo3DPipeline:
@@ -60,7 +68,9 @@ class VideoTo3DPipeline:
         from .presets import TINY_SETTINGS, tiny_decoder
 
         s = TINY_SETTINGS
-        dec = tiny_decoder(seed) if decoder is None else load_stitched_decoder(decoder)
+        if decoder is not None:
+            check_model_sources(decoder_sources(decoder), "VideoTo3DPipeline.tiny")
+        dec = tiny_decoder(seed) if decoder is None else load_stitched_decoder(decoder, check=False)
         return cls(tiny_video_vae("wan", seed=seed).vae, dec, s.num_frames, s.height, s.width, untrained=True)
 
     @classmethod
@@ -73,6 +83,7 @@ class VideoTo3DPipeline:
         return cls(micro_video_vae(), micro_decoder(), s.num_frames, s.height, s.width, sample=False)
 
     def to(self, device: str | torch.device) -> VideoTo3DPipeline:
+        check_device(str(device), "device")
         self.vae.to(device)
         self.decoder.to(device)
         return self
@@ -89,6 +100,7 @@ class VideoTo3DPipeline:
         ``height`` x ``width``; tensors must already match (no silent changes). ``seed`` seeds the encoder sample."""
         from .frames import load_frames
 
+        check_seed(seed)
         t = check_frames(self.num_frames if num_frames is None else num_frames)
         h, w = check_size(self.height if height is None else height, self.width if width is None else width)
         if isinstance(clip, Tensor):

@@ -49,8 +49,7 @@ def _hub_error(what: str, repo: str, err: Exception, flag: str, file: str | None
     mode = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face hub is unreachable or refused the request"
     return OSError(f"cannot load the {what}: {missing!r} is not in the local Hugging Face cache and {mode} "
                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Download it elsewhere "
-                   f"(`huggingface-cli download {repo} --local-dir <folder>`) and pass the local path with {flag} "
-                   f"<folder>.")
+                   f"(`hf download {repo} --local-dir <folder>`) and pass the local path with {flag} <folder>.")
 
 
 # ============================================================================================ scheduler
@@ -74,7 +73,7 @@ def load_wan_pipeline(source: str | Path, dtype: torch.dtype = torch.float16, fl
                          "vae/, text_encoder/, tokenizer/) or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
     if local.is_dir() and not (local / "model_index.json").is_file():
         raise FileNotFoundError(f"{local}/model_index.json is missing: --wan must be a diffusers Wan pipeline folder "
-                                "(e.g. `huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir DIR`)")
+                                "(e.g. `hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir DIR`)")
     try:
         pipe = WanPipeline.from_pretrained(str(local) if local.is_dir() else str(source), torch_dtype=dtype)
     except (OSError, ValueError) as err:
@@ -141,8 +140,31 @@ def load_vist3a_lora(transformer, source: str | Path, merge: bool = True):
     """
     from peft import PeftModel
 
+    from ..io.weights import load_weights, read_json_file
+
     folder = _lora_folder(source)
-    model = PeftModel.from_pretrained(transformer, str(folder))
+    # Read both files safely first: a damaged, mislabelled or unsafe adapter fails here with one clear message
+    # (peft would re-raise torch's or safetensors' own errors).
+    read_json_file(folder / LORA_CONFIG, "LoRA adapter config")
+    weights = next(folder / w for w in LORA_WEIGHTS if (folder / w).is_file())
+    stored = set(load_weights(weights, "LoRA adapter weights"))
+    fix = "use the adapter trained for this Wan (vist3a_1.3b_lora_ema for 1.3B, vist3a_14b_lora_ema for 14B)"
+    try:
+        model = PeftModel.from_pretrained(transformer, str(folder))
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise ValueError(f"--lora {folder}: the adapter does not fit this Wan transformer ({first[:300]}); {fix}"
+                         ) from None
+    # peft only warns about tensors it could not place (and keeps those layers at their initial, no-op values):
+    # an adapter for other modules would silently change nothing. Every stored tensor must land, none may lack.
+    from peft.utils import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(model))
+    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+    if missing or unexpected:
+        raise ValueError(f"--lora {folder}: the adapter does not fit this Wan transformer ({len(unexpected)} stored "
+                         f"tensors have no place in it, e.g. {unexpected[:2]}; {len(missing)} are missing, e.g. "
+                         f"{missing[:2]}); {fix}")
     logger.info("loaded the VIST3A transformer LoRA from %s", folder)
     return model.merge_and_unload() if merge else model
 

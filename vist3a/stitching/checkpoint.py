@@ -132,11 +132,21 @@ def _check_top_level(ckpt: Any, source: str) -> None:
     if not isinstance(ckpt["lora"], Mapping) or not isinstance(ckpt["stitching_layer"], Mapping):
         raise _published_error(source, ["  'lora' and 'stitching_layer' must be dicts of tensors"],
                                "pass an unmodified published checkpoint")
+    bad = [f"{group}.{k}" for group in ("lora", "stitching_layer") for k, v in ckpt[group].items()
+           if not isinstance(v, Tensor)]
+    bad += [k for k in PUBLISHED_TOP_KEYS[2:] if not isinstance(ckpt[k], Tensor)]
+    if bad:
+        raise _published_error(source, [f"  entries that are not tensors: {_fmt(bad)}"],
+                               "pass an unmodified published checkpoint")
 
 
 def _check_cut(lora: Mapping[str, Tensor], cut: str, dino_depth: int, source: str) -> None:
     blocks = {int(m.group(1)) for k in lora if (m := _DINO_BLOCK.match(k))}
-    kept = max(blocks) + 1 if blocks else 0
+    if not blocks:
+        line = ("  its 'lora' entry holds no LoRA for the DINO blocks (encoder.aggregator.patch_embed.blocks.*): it "
+                "is empty or for another model")
+        raise _published_error(source, [line], "pass an unmodified published VIST3A checkpoint")
+    kept = max(blocks) + 1
     looks_like = dino_depth - kept
     if looks_like != cut_index(cut):
         raise _published_error(
@@ -247,8 +257,10 @@ def load_published_stitched(
         device, dtype: placement of the returned decoder (default: CPU, float32).
     Returns the decoder in eval mode with LoRA merged.
     """
+    from ..io.weights import load_torch_file
+
     path = _resolve_published(source, revision)
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path, "stitched decoder checkpoint")
     _check_top_level(ckpt, str(path))
     dino_depth = (base.config.aggregator.dino_depth if isinstance(base, AnySplat)
                   else AnySplatConfig().aggregator.dino_depth)
@@ -414,11 +426,105 @@ def _resolve_ours(source: str | Path, revision: str | None) -> tuple[Path, Path]
     raise FileNotFoundError(f"load_decoder: {text!r} is neither an existing folder / file nor a hub id")
 
 
+def _config_error(cfg_file: Path, problem: str) -> ValueError:
+    return ValueError(f"load_decoder: {cfg_file}: {problem}. Use the {CONFIG_NAME} written by save_decoder together "
+                      f"with its {WEIGHTS_NAME} (training/ writes both), or the published .pth")
+
+
+_REQUIRED = {"cut": str, "stitching": str, "base_model": dict}
+
+
+def read_decoder_config(cfg_file: str | Path) -> dict[str, Any]:
+    """Read and validate a ``decoder_config.json`` (every entry loading needs, with its type) without building
+    anything; one clear ValueError naming the file and the entry otherwise. Used by the pre-flight checks too."""
+    from ..io.weights import read_json_file
+
+    cfg_file = Path(cfg_file)
+    cfg = read_json_file(cfg_file, "decoder config")
+    if cfg.get("format") != FORMAT_NAME:
+        raise ValueError(f"load_decoder: {cfg_file} is not a stitched-decoder config (format {cfg.get('format')!r}, "
+                         f"expected {FORMAT_NAME!r})")
+    version = cfg.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise _config_error(cfg_file, f"format_version must be a whole number, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"load_decoder: {cfg_file} has format_version {version}; this vist3a reads up to "
+                         f"{FORMAT_VERSION}. Update vist3a")
+    for key, typ in _REQUIRED.items():
+        if key not in cfg:
+            raise _config_error(cfg_file, f"the entry {key!r} is missing")
+        if not isinstance(cfg[key], typ):
+            raise _config_error(cfg_file, f"{key!r} must be a {typ.__name__}, got {type(cfg[key]).__name__}")
+    for key in ("latent_channels", "temporal_factor"):
+        value = cfg.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _config_error(cfg_file, f"{key!r} must be a positive whole number, got {value!r}")
+    if not isinstance(cfg.get("resolution", {}), dict):
+        raise _config_error(cfg_file, "'resolution' must be a JSON object")
+    base = cfg["base_model"]
+    if base.get("type") not in ("anysplat", "vggt"):
+        raise ValueError(f"load_decoder: {cfg_file}: unknown base model type {base.get('type')!r} (anysplat or vggt)")
+    weights = cfg.get("weights", "full")
+    if weights not in ("full", "lora"):
+        raise _config_error(cfg_file, f"'weights' must be \"full\" or \"lora\", got {weights!r}")
+    if weights == "full" and not isinstance(base.get("config"), dict):
+        raise _config_error(cfg_file, "base_model.config (the 3D model's full config) is missing")
+    if weights == "lora":
+        if not isinstance(base.get("source"), str) or not base["source"]:
+            raise ValueError(f"load_decoder: {cfg_file} stores LoRA weights but names no base_model.source")
+        lora = cfg.get("lora")
+        if not isinstance(lora, dict) or any(k not in lora for k in ("r", "alpha", "targets")):
+            raise _config_error(cfg_file, "the lora entry (r, alpha, targets) is missing or incomplete")
+    return cfg
+
+
+def _meta_decoder(cfg: dict[str, Any], cfg_file: Path) -> StitchedDecoder:
+    """The decoder a full-weights config describes, on the meta device (no memory, no weights)."""
+    base = cfg["base_model"]
+    cls, cfg_cls = {"anysplat": (AnySplat, AnySplatConfig), "vggt": (VGGT, VGGTConfig)}[base["type"]]
+    try:
+        with torch.device("meta"):
+            model = cls(cfg_cls.from_dict(base["config"]))
+            layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
+                                   temporal_factor=cfg.get("temporal_factor", 4))
+            return StitchedDecoder(model, cfg["cut"], layer, cfg.get("resolution", {}).get("video_pixels_per_token",
+                                                                                           16))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, AssertionError) as err:
+        raise _config_error(cfg_file, f"it describes no buildable decoder ({type(err).__name__}: {err})") from None
+
+
+def check_decoder_folder(folder: str | Path) -> dict[str, Any]:
+    """Everything :func:`load_decoder` will check, without reading a single weight: the config (every entry), the
+    weights file's header, and -- for full-weights folders -- every key and shape of the header against the model
+    the config describes (built on the meta device). Raises what loading would raise; returns the config."""
+    from safetensors import safe_open
+
+    from ..io.weights import check_weights_file
+
+    folder = Path(folder)
+    cfg_file, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    cfg = read_decoder_config(cfg_file)
+    check_weights_file(weights, "decoder weights")
+    if cfg.get("weights") == "lora":
+        return cfg  # its tensors are checked against the base model when it loads
+    own = {k: tuple(v.shape) for k, v in _meta_decoder(cfg, cfg_file).state_dict().items()}
+    with safe_open(str(weights), framework="pt") as fh:
+        stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (no __iter__)
+    missing, unexpected = set(own) - set(stored), set(stored) - set(own)
+    shapes = [f"{k}: checkpoint {stored[k]} vs model {own[k]}" for k in sorted(set(own) & set(stored))
+              if stored[k] != own[k]]
+    if missing or unexpected or shapes:
+        head = f"load_decoder: {weights} does not match the decoder {cfg_file} describes:"
+        fix = f"  What to do: use the {WEIGHTS_NAME} written together with this {CONFIG_NAME} by save_decoder"
+        raise CheckpointMismatchError("\n".join([head, *mismatch_lines(missing, unexpected, shapes), fix]))
+    return cfg
+
+
 def load_decoder(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  revision: str | None = None) -> StitchedDecoder:
     """Load a decoder saved by :func:`save_decoder` from a folder, its ``model.safetensors`` /
     ``decoder_config.json``, or a hub repo id. No base checkpoint is needed. Returns it in eval mode."""
-    from safetensors.torch import load_file
+    from ..io.weights import check_weights_file, load_safetensors
 
     cfg_file, weights = _resolve_ours(source, revision)
     for f in (cfg_file, weights):
@@ -426,28 +532,14 @@ def load_decoder(source: str | Path, device: str | torch.device | None = None, d
             raise FileNotFoundError(f"load_decoder: {f} is missing; a stitched-decoder folder holds {CONFIG_NAME} "
                                     f"and {WEIGHTS_NAME} (written by save_decoder). For the published VIST3A .pth "
                                     "use load_published_stitched")
-    cfg = json.loads(cfg_file.read_text())
-    if cfg.get("format") != FORMAT_NAME:
-        raise ValueError(f"load_decoder: {cfg_file} is not a stitched-decoder config (format {cfg.get('format')!r}, "
-                         f"expected {FORMAT_NAME!r})")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"load_decoder: {cfg_file} has format_version {cfg['format_version']}; this vist3a reads "
-                         f"up to {FORMAT_VERSION}. Update vist3a")
+    cfg = read_decoder_config(cfg_file)
     base = cfg["base_model"]
-    kinds = {"anysplat": (AnySplat, AnySplatConfig), "vggt": (VGGT, VGGTConfig)}
-    if base.get("type") not in kinds:
-        raise ValueError(f"load_decoder: unknown base model type {base.get('type')!r} (anysplat or vggt)")
-    cls, cfg_cls = kinds[base["type"]]
     if cfg.get("weights") == "lora":
         return _load_lora_decoder(cfg, cfg_file, weights, device, dtype, revision)
-    with torch.device("meta"):
-        model = cls(cfg_cls.from_dict(base["config"]))
-        layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
-                               temporal_factor=cfg.get("temporal_factor", 4))
-        decoder = StitchedDecoder(model, cfg["cut"], layer,
-                                  cfg.get("resolution", {}).get("video_pixels_per_token", 16))
+    check_weights_file(weights, "decoder weights")  # a truncated file fails here, before the model is built
+    decoder = _meta_decoder(cfg, cfg_file)
     decoder = decoder.to_empty(device="cpu").float()
-    state = load_file(str(weights))
+    state = load_safetensors(weights, "decoder weights")
     try:
         load_checkpoint_into(decoder, state, source=str(weights))
     except CheckpointMismatchError as err:
@@ -481,11 +573,11 @@ def _resolve_base(base: dict[str, Any], cfg_file: Path, revision: str | None) ->
 
 def _load_lora_decoder(cfg: dict, cfg_file: Path, weights: Path, device, dtype, revision) -> StitchedDecoder:
     """The ``weights: "lora"`` variant: base -> cut -> LoRA injected -> finetuned tensors loaded strictly -> merged."""
-    from safetensors.torch import load_file
-
+    from ..io.weights import check_weights_file, load_safetensors
     from .lora import add_lora, merge_lora
 
     base = cfg["base_model"]
+    check_weights_file(weights, "decoder LoRA weights")  # before the base model is loaded
     base_dir = _resolve_base(base, cfg_file, revision)
     if base.get("sha256") and (base_dir / WEIGHTS_NAME).is_file():
         got = _sha256(base_dir / WEIGHTS_NAME)
@@ -498,17 +590,19 @@ def _load_lora_decoder(cfg: dict, cfg_file: Path, weights: Path, device, dtype, 
     if stored is not None and model.config.to_dict() != stored:
         raise ValueError(f"load_decoder: the base model at {base_dir} has another config than the one {cfg_file} "
                          "was trained on")
-    layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
-                           temporal_factor=cfg.get("temporal_factor", 4))
-    decoder = StitchedDecoder(model.float(), cfg["cut"], layer,
-                              cfg.get("resolution", {}).get("video_pixels_per_token", 16))
     lora = cfg.get("lora") or {}
     try:
+        layer = StitchingLayer(cfg["stitching"], in_channels=cfg.get("latent_channels", 16),
+                               temporal_factor=cfg.get("temporal_factor", 4))
+        decoder = StitchedDecoder(model.float(), cfg["cut"], layer,
+                                  cfg.get("resolution", {}).get("video_pixels_per_token", 16))
         add_lora(decoder, r=int(lora["r"]), alpha=float(lora["alpha"]), target_modules=list(lora["targets"]),
                  bias=str(lora.get("bias", "lora_only")))
     except KeyError as exc:
         raise ValueError(f"load_decoder: {cfg_file}: the lora entry lacks {exc}") from None
-    state = load_file(str(weights))
+    except (TypeError, ValueError, AttributeError, IndexError, AssertionError) as err:
+        raise _config_error(cfg_file, f"it describes no buildable decoder ({type(err).__name__}: {err})") from None
+    state = load_safetensors(weights, "decoder LoRA weights")
     expected, _ = lora_delta_state(decoder)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in sorted(

@@ -213,14 +213,20 @@ def load_lora_adapter(target: nn.Module, folder: str | Path, adapter_name: str =
     """Inject the adapter saved by :func:`save_lora_adapter` into ``target`` and load its weights (strict: every
     saved tensor must land, every LoRA factor must be present)."""
     from peft import LoraConfig, set_peft_model_state_dict
-    from safetensors.torch import load_file
+
+    from ..io.weights import load_safetensors, read_json_file
 
     folder = Path(folder)
     cfg_file, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
     if not cfg_file.is_file() or not weights.is_file():
         raise FileNotFoundError(f"load_lora_adapter: need {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} in {folder}")
-    config = LoraConfig.from_pretrained(str(folder))
-    state = load_file(str(weights))
+    read_json_file(cfg_file, "LoRA adapter config")  # a clear message for a damaged config, before peft reads it
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"load_lora_adapter: {cfg_file} is not a PEFT LoRA config ({err}); use the folder written "
+                         "by save_lora_adapter") from None
+    state = load_safetensors(weights, "LoRA adapter weights")
     root = _lora_root(target)
     names = dict(root.named_modules())
     lacking = sorted({k.split(".lora_")[0] for k in state if ".lora_" in k} - set(names))
