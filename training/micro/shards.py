@@ -43,6 +43,7 @@ __all__ = ["FORMAT", "MicroClips", "MicroScenes", "WorldManifest", "generate_wor
 logger = logging.getLogger("vist3a.micro")
 
 FORMAT = "vist3a.micro_world/2"  # /2: renders of world.STYLE 2
+READABLE = ("vist3a.micro_world/1", FORMAT)  # /1 worlds (no direction cues in the background) still read
 MANIFEST = "world.json"
 TIMING = "timing.json"  # seconds per shard (one worker) and the total wall time of the runs that rendered them
 
@@ -78,7 +79,7 @@ def is_world(path: str | os.PathLike) -> bool:
     if not p.is_file():
         return False
     try:
-        return json.loads(p.read_text()).get("format") == FORMAT
+        return json.loads(p.read_text()).get("format") in READABLE
     except (OSError, ValueError):
         return False
 
@@ -90,8 +91,8 @@ def read_manifest(root: str | os.PathLike) -> WorldManifest:
         raise FileNotFoundError(f"{root} is not a micro world (no {MANIFEST}); make one with "
                                 f"`python -m training.micro world --out {root}`")
     doc = json.loads(path.read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    if doc.get("format") not in READABLE:
+        raise ValueError(f"{path}: format {doc.get('format')!r}, expected one of {READABLE}")
     return WorldManifest(root, int(doc["seed"]), {k: int(v) for k, v in doc["counts"].items()},
                          int(doc["shard_size"]), int(doc["video_size"]), int(doc["model_size"]),
                          int(doc["clip_frames"]), int(doc["target_views"]))
