@@ -16,6 +16,14 @@ Losses per step (one scene, 9 views):
   novel target views (one of each by default: rendering dominates a step's cost on a CPU), L1 + 0.2 (1 - SSIM) against the frames. It starts after ``render_warmup`` steps (ramped over
   as many again): at random init the predicted cameras scatter the means and rendering would be slow and useless.
 
+Frame order: AnySplat gives its aggregator two learnt camera / register tokens, one for the reference frame and one
+for all others, so relative poses must be found by matching content across views. At this scale and CPU budget
+that does not happen: trained from scratch, the camera head settled on the mean pose of the clip for every frame
+(28 degrees of rotation error after 1000 camera-only steps, the error of the mean) while depth was learnt within
+a few hundred steps. The micro AnySplat therefore has one token entry per frame position of the ordered 9-frame
+clip (``AggregatorConfig.frame_tokens = 9``; 8 degrees after 250 steps), which tells it where each frame sits in the
+orbit; everything else is AnySplat. ``python -m training.micro ablate-cameras`` measures both.
+
 Initialisation: AnySplat's Gaussian adapter maps a raw channel x to a scale 0.001 softplus(x), sized for 448-px
 inputs; at 56 px one pixel at depth 1 spans about 1/54, so the scale and density output biases start at
 softplus^-1(8) and +2 (Gaussians about half a pixel wide at depth 1, opacity 0.88) instead of near 0. Small
@@ -51,10 +59,11 @@ __all__ = [
 logger = logging.getLogger("vist3a.micro")
 
 
-def micro_anysplat_config() -> AnySplatConfig:
-    """The micro AnySplat: 56-px frames (4x4 tokens), width 128, 6 DINO blocks, 6 frame/global pairs, SH degree 1."""
+def micro_anysplat_config(frame_tokens: int = 9) -> AnySplatConfig:
+    """The micro AnySplat: 56-px frames (4x4 tokens), width 128, 6 DINO blocks, 6 frame/global pairs, SH degree 1,
+    and one camera / register token entry per frame of the 9-frame clip (``frame_tokens``; AnySplat: 2)."""
     agg = AggregatorConfig(img_size=56, patch_size=14, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0,
-                           num_register_tokens=4, dino_depth=6, dino_num_heads=4)
+                           num_register_tokens=4, dino_depth=6, dino_num_heads=4, frame_tokens=frame_tokens)
     return AnySplatConfig(aggregator=agg, intermediate_layer_idx=(1, 3, 4, 5), camera_trunk_depth=1,
                           camera_num_heads=4, camera_iterations=4, dpt_features=64, dpt_out_channels=(32, 64, 128, 128),
                           dpt_hidden=16, gs_hidden=32, sh_degree=1)

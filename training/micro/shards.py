@@ -42,8 +42,7 @@ __all__ = ["FORMAT", "MicroClips", "MicroScenes", "WorldManifest", "generate_wor
 
 logger = logging.getLogger("vist3a.micro")
 
-FORMAT = "vist3a.micro_world/2"  # /2: renders of world.STYLE 2
-READABLE = ("vist3a.micro_world/1", FORMAT)  # /1 worlds (no direction cues in the background) still read
+FORMAT = "vist3a.micro_world/1"
 MANIFEST = "world.json"
 TIMING = "timing.json"  # seconds per shard (one worker) and the total wall time of the runs that rendered them
 
@@ -68,8 +67,7 @@ class WorldManifest:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "seed": self.seed, "counts": self.counts, "shard_size": self.shard_size,
                 "video_size": self.video_size, "model_size": self.model_size, "clip_frames": self.clip_frames,
-                "target_views": self.target_views, "style": W.STYLE,
-                "heldout_combos": [list(c) for c in W.HELDOUT_COMBOS],
+                "target_views": self.target_views, "heldout_combos": [list(c) for c in W.HELDOUT_COMBOS],
                 "vocabulary": W.vocabulary()}
 
 
@@ -79,7 +77,7 @@ def is_world(path: str | os.PathLike) -> bool:
     if not p.is_file():
         return False
     try:
-        return json.loads(p.read_text()).get("format") in READABLE
+        return json.loads(p.read_text()).get("format") == FORMAT
     except (OSError, ValueError):
         return False
 
@@ -91,8 +89,8 @@ def read_manifest(root: str | os.PathLike) -> WorldManifest:
         raise FileNotFoundError(f"{root} is not a micro world (no {MANIFEST}); make one with "
                                 f"`python -m training.micro world --out {root}`")
     doc = json.loads(path.read_text())
-    if doc.get("format") not in READABLE:
-        raise ValueError(f"{path}: format {doc.get('format')!r}, expected one of {READABLE}")
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
     return WorldManifest(root, int(doc["seed"]), {k: int(v) for k, v in doc["counts"].items()},
                          int(doc["shard_size"]), int(doc["video_size"]), int(doc["model_size"]),
                          int(doc["clip_frames"]), int(doc["target_views"]))

@@ -14,10 +14,6 @@ Conventions (stated once for ``training.micro``):
   published prompt template's motion): start azimuth uniform, elevation, radius and the swept angle jittered per
   scene, counter-clockwise seen from above. :data:`CLIP_FRAMES` orbit frames form the clip; :data:`TARGET_VIEWS`
   extra views at random azimuths inside the swept arc (and jittered elevation) are novel views for evaluation.
-* Backgrounds carry direction cues, as real ones do: the ground has non-periodic two-tone patches, the sky
-  brightens towards the sun (the light's azimuth, so the objects' shading agrees) and distant hills draw a random
-  skyline, so the view direction can be read off every frame (a world without them made the cameras of views
-  sharing one symmetric object indistinguishable for the micro 3D model).
 * Captions (:func:`caption`): a small grammar. Spatial words refer to the FIRST frame's view:
   "a small red cube to the left of a large blue sphere on grass under a blue sky"; three objects are listed left to
   right ("a red cube, a green cone and a blue torus from left to right ...").
@@ -95,7 +91,6 @@ SKIES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] 
 HELDOUT_COMBOS: tuple[tuple[str, str], ...] = (
     ("red", "torus"), ("blue", "cone"), ("green", "cube"), ("yellow", "cylinder"), ("purple", "sphere"))
 SPLITS = ("train", "test", "novel")
-STYLE = 2  # the look of the renders (2: direction cues in sky and ground); a world folder records it
 
 VIDEO_SIZE = 64          # clip frames (the video VAE's input), square
 MODEL_SIZE = 56          # the 3D model's frames: 64 / 16 == 56 / 14 == 4 tokens per side
@@ -385,20 +380,8 @@ def _object_gaussians(obj: ObjectSpec, light: Tensor, g: torch.Generator, densit
     return _discs(p, nrm, (_shade(base, nrm, light) * jitter).clamp(0, 1), 0.65 * spacing)
 
 
-def _ground_pattern(xy: Tensor, g: torch.Generator) -> Tensor:
-    """(N,) in {0, 1}: two tones in non-periodic patches about half a unit across (the sign of a sum of four plane
-    waves of random directions, frequencies and phases), so nearby views can be told apart by the ground."""
-    k = 4
-    theta = torch.rand(k, generator=g) * math.pi
-    freq = 3.0 + 4.0 * torch.rand(k, generator=g)
-    phase = torch.rand(k, generator=g) * 2 * math.pi
-    proj = xy[:, :1] * theta.cos() + xy[:, 1:2] * theta.sin()           # (N, k)
-    return ((freq * proj + phase).sin().sum(-1) > 0).float()
-
-
 def _ground_gaussians(spec: SceneSpec, light: Tensor, g: torch.Generator) -> Gaussians:
-    """Rings of discs on z = 0 out to GROUND_RADIUS, spaced finer near the centre, in the ground's two tones
-    (:func:`_ground_pattern`)."""
+    """Rings of discs on z = 0 out to GROUND_RADIUS, spaced finer near the centre; a checker of 0.5-unit squares."""
     rings, r = [], 0.02
     while r < GROUND_RADIUS:
         dr = 0.05 + 0.05 * r
@@ -411,33 +394,18 @@ def _ground_gaussians(spec: SceneSpec, light: Tensor, g: torch.Generator) -> Gau
     p = torch.cat([x for x, _ in rings])
     rad = torch.cat([s for _, s in rings])
     a, b = (torch.tensor(t) for t in GROUNDS[spec.ground])
-    tone = _ground_pattern(p[:, :2], g)[:, None]
-    base = a * (1 - tone) + b * tone
+    checker = ((torch.floor(p[:, 0] / 0.5) + torch.floor(p[:, 1] / 0.5)) % 2)[:, None]
+    base = a * (1 - checker) + b * checker
     base = base * (1 + 0.05 * (torch.rand(p.shape[0], 1, generator=g) * 2 - 1))
     nrm = torch.tensor([0.0, 0.0, 1.0]).expand_as(p)
     return _discs(p, nrm, _shade(base.clamp(0, 1), nrm, light), rad, flat=0.1)
 
 
-SUN = (1.0, 0.96, 0.82)
-
-
-def _hills(az: Tensor, phases: Tensor, weights: Tensor) -> Tensor:
-    """Elevation (radians) of the distant hills' ridge at azimuths ``az``: 1.5 to 6.5 degrees, a random profile."""
-    k = torch.arange(1, len(weights) + 1, dtype=az.dtype)
-    wave = (weights * (k * az[:, None] + phases).cos()).sum(-1) / weights.abs().sum()
-    return torch.deg2rad(4.0 + 2.5 * wave)
-
-
 def _sky_gaussians(spec: SceneSpec, g: torch.Generator) -> Gaussians:
-    """A band of inward-facing discs on a dome of DOME_RADIUS from 3 degrees below to 20 degrees above the horizon:
-    the colour blends from the horizon colour to the high colour, brightens towards the sun (the azimuth the light
-    comes from) and, below a random ridge line, shows distant hills; so every view direction has its own skyline."""
+    """A band of inward-facing discs on a dome of DOME_RADIUS from 3 degrees below to 20 degrees above the horizon,
+    the colour blending from the horizon colour to the high colour."""
     horizon, high = (torch.tensor(t) for t in SKIES[spec.sky])
-    hill = 0.5 * torch.tensor(GROUNDS[spec.ground][1]) * 0.7 + 0.5 * horizon * 0.8
-    sun = torch.tensor(SUN)
-    phases = torch.rand(3, generator=g) * 2 * math.pi
-    weights = 0.5 + torch.rand(3, generator=g)
-    step = 0.32 / DOME_RADIUS
+    els, step = [], 0.32 / DOME_RADIUS
     el = math.radians(-3.0)
     pts, cols = [], []
     while el < math.radians(20.0):
@@ -445,12 +413,9 @@ def _sky_gaussians(spec: SceneSpec, g: torch.Generator) -> Gaussians:
         az = (torch.arange(count) + torch.rand((), generator=g)) * (2 * math.pi / count)
         ring = torch.stack([math.cos(el) * az.cos(), math.cos(el) * az.sin(), torch.full((count,), math.sin(el))], -1)
         t = min(max(el / math.radians(20.0), 0.0), 1.0)
-        base = (horizon * (1 - t) + high * t).expand(count, 3)
-        glow = (az - spec.light_azimuth).cos().clamp_min(0.0).pow(4)[:, None] * (0.6 - 0.3 * t)
-        colour = base + glow * (sun - base)
-        colour = torch.where((torch.tensor(el) < _hills(az, phases, weights))[:, None], hill.expand(count, 3), colour)
         pts.append(ring * DOME_RADIUS)
-        cols.append(colour)
+        cols.append((horizon * (1 - t) + high * t).expand(count, 3))
+        els.append(el)
         el += step
     p = torch.cat(pts)
     return _discs(p, -torch.nn.functional.normalize(p, dim=-1), torch.cat(cols), 0.6 * step * DOME_RADIUS)

@@ -3,7 +3,9 @@
 Input images (B, S, 3, H, W) in [0, 1], H and W multiples of the patch size. They are normalised with the ImageNet
 mean/std, embedded by DINOv2 (patch tokens only), and each frame's tokens become
 ``[camera (1), register (R), patches (N)]`` (``patch_start_idx = 1 + R``). The learned ``camera_token`` and
-``register_token`` have a leading pair: index 0 is used for frame 0, index 1 for every other frame.
+``register_token`` have a leading dimension of ``frame_tokens`` entries: entry i is used for frame i and the last
+one for every later frame. VGGT / AnySplat use 2 (frame 0, every other frame: the model is told which frame is the
+reference and nothing else); more entries tell the model each frame's position in an ordered clip.
 
 Then ``depth`` times: a frame block (attention within each frame, tokens (B*S, P, C)) and a global block (attention
 across all frames, tokens (B, S*P, C)), both with qk-norm and 2D RoPE. The output of layer i is
@@ -29,10 +31,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _special_tokens(token: Tensor, b: int, s: int) -> Tensor:
-    """(1, 2, X, C) -> (B*S, X, C): index 0 for frame 0, index 1 for frames 1..S-1."""
-    first = token[:, :1].expand(b, 1, *token.shape[2:])
-    rest = token[:, 1:].expand(b, s - 1, *token.shape[2:])
-    return torch.cat([first, rest], dim=1).reshape(b * s, *token.shape[2:])
+    """(1, K, X, C) -> (B*S, X, C): entry i for frame i < K - 1, entry K - 1 for every later frame (K = 2: index 0
+    for frame 0, index 1 for frames 1..S-1)."""
+    k = token.shape[1]
+    idx = torch.clamp(torch.arange(s, device=token.device), max=k - 1)
+    return token[0, idx].unsqueeze(0).expand(b, s, *token.shape[2:]).reshape(b * s, *token.shape[2:])
 
 
 class Aggregator(nn.Module):
@@ -49,6 +52,7 @@ class Aggregator(nn.Module):
         init_values: float = 0.01,
         dino_depth: int = 24,
         dino_num_heads: int = 16,
+        frame_tokens: int = 2,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -56,8 +60,10 @@ class Aggregator(nn.Module):
         self.embed_dim = embed_dim
         self.patch_start_idx = 1 + num_register_tokens
         # Registration order reproduces the published state-dict order (own params first, then children).
-        self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, embed_dim))
-        self.register_token = nn.Parameter(torch.zeros(1, 2, num_register_tokens, embed_dim))
+        if frame_tokens < 2:
+            raise ValueError(f"Aggregator: frame_tokens must be >= 2 (VGGT / AnySplat: 2), got {frame_tokens}")
+        self.camera_token = nn.Parameter(torch.zeros(1, frame_tokens, 1, embed_dim))
+        self.register_token = nn.Parameter(torch.zeros(1, frame_tokens, num_register_tokens, embed_dim))
         self.patch_embed = DinoVisionTransformer(img_size, patch_size, embed_dim, dino_depth, dino_num_heads,
                                                  mlp_ratio, num_register_tokens, init_values=1.0)
         self.rope = RotaryEmbedding2D(rope_freq) if rope_freq > 0 else None

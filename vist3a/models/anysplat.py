@@ -71,7 +71,7 @@ class AnySplatEncoder(nn.Module):
         dim = 2 * a.embed_dim
         self.aggregator = Aggregator(a.img_size, a.patch_size, a.embed_dim, a.depth, a.num_heads, a.mlp_ratio,
                                      a.num_register_tokens, a.rope_freq, a.init_values, a.dino_depth,
-                                     a.dino_num_heads)
+                                     a.dino_num_heads, a.frame_tokens)
         self.camera_head = CameraHead(dim, cfg.camera_trunk_depth, cfg.camera_num_heads,
                                       num_iterations=cfg.camera_iterations)
         self.depth_head = DPTHead(dim, a.patch_size, output_dim=2, activation="exp", conf_activation="expp1",

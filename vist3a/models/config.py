@@ -29,6 +29,7 @@ class AggregatorConfig:
     init_values: float = 0.01
     dino_depth: int = 24
     dino_num_heads: int = 16
+    frame_tokens: int = 2        # camera / register token entries: 2 = VGGT / AnySplat (reference frame, others)
 
     @classmethod
     def tiny(cls) -> AggregatorConfig:
