@@ -18,6 +18,8 @@ what is finished):
   renders of the stitched decoder's Gaussians, 3D consistency) -> ``<out>/align/lora_ema``
 * ``judge``     train the ground-truth judge (object count, colour and shape sets from one render; trained on the
   world's labels, never on the reward) used to measure text adherence -> ``<out>/judge``
+* ``ablate-cameras``  why the micro AnySplat has one token entry per frame: its camera head trained alone with 2
+  entries (AnySplat's) vs 9, rotation error on held-out scenes -> ``<out>/ablation/cameras.json``
 * ``report``    the paper's claims measured on held-out scenes -> ``<out>/report`` (results.json, report.md, PNGs);
   ``--docs docs`` also writes ``docs/micro_world.md`` + ``docs/micro_world/*.png``
 * ``ship``      copy the micro VAE, AnySplat and best stitched decoder (float16) with model cards into the
@@ -68,6 +70,15 @@ def _need(path: Path, stage: str, args) -> None:
         raise FileNotFoundError(f"{path} is missing: run `python -m training.micro {stage} --out {args.out}` first")
 
 
+def _done(path: Path, stage: str) -> bool:
+    """True (and logged) when a stage's final output exists: rerunning a finished stage does nothing (delete the
+    output to redo it)."""
+    if path.exists():
+        logger.info("%s: done (%s exists; delete it to redo the stage)", stage, path)
+        return True
+    return False
+
+
 # ============================================================================================ stages
 def _world(args) -> int:
     from .shards import generate_world
@@ -79,6 +90,8 @@ def _world(args) -> int:
 
 
 def _vae(args) -> int:
+    if _done(Path(args.out) / "vae" / "vae" / "config.json", "vae"):
+        return 0
     from .vae import VAETrainConfig, train_vae
 
     _threads(args)
@@ -88,6 +101,8 @@ def _vae(args) -> int:
 
 
 def _model3d(args) -> int:
+    if _done(Path(args.out) / "model3d" / "anysplat" / "model.safetensors", "model3d"):
+        return 0
     from .model3d import Model3DTrainConfig, train_model3d
 
     _threads(args)
@@ -162,6 +177,8 @@ def _finetune(args) -> int:
 
 
 def _scorer(args) -> int:
+    if _done(Path(args.out) / "scorer" / "clip" / "config.json", "scorer"):
+        return 0
     from .scorer import ScorerTrainConfig, train_scorer
 
     _threads(args)
@@ -171,6 +188,8 @@ def _scorer(args) -> int:
 
 
 def _judge(args) -> int:
+    if _done(Path(args.out) / "judge" / "judge.safetensors", "judge"):
+        return 0
     from .judge import JudgeTrainConfig, train_judge
 
     _threads(args)
@@ -178,7 +197,28 @@ def _judge(args) -> int:
                        progress=not args.quiet, stop_after=args.stop_after)
 
 
+def _ablate_cameras(args) -> int:
+    if _done(Path(args.out) / "ablation" / "cameras.json", "ablate-cameras"):
+        return 0
+    from vist3a.io.atomic import atomic_write
+
+    from .model3d import camera_ablation
+
+    _threads(args)
+    out = Path(args.out) / "ablation" / "cameras.json"
+    res = [camera_ablation(_world_dir(args), k, steps=args.ablation_steps, seed=args.seed, progress=not args.quiet)
+           for k in (2, 9)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    logger.info("camera ablation: %s", "; ".join(f"{r['frame_tokens']} entries: {r['rotation_error_deg'][-1][1]:.1f} "
+                                                 "deg" for r in res))
+    return 0
+
+
 def _t2v(args) -> int:
+    if _done(Path(args.out) / "t2v" / "pipeline" / "model_index.json", "t2v"):
+        return 0
     from .t2v import T2VTrainConfig, train_t2v
 
     p = _paths(args)
@@ -267,7 +307,8 @@ def _clip(args) -> int:
 
 
 def _all(args) -> int:
-    for stage in ("world", "vae", "model3d", "search", "finetune", "scorer", "t2v", "align", "judge", "report"):
+    for stage in ("world", "vae", "model3d", "search", "finetune", "scorer", "t2v", "align", "judge",
+                  "ablate-cameras", "report"):
         logger.info("== stage %s", stage)
         code = STAGES[stage](args)
         if code:
@@ -276,8 +317,8 @@ def _all(args) -> int:
 
 
 STAGES = {"world": _world, "vae": _vae, "model3d": _model3d, "search": _search, "finetune": _finetune,
-          "scorer": _scorer, "t2v": _t2v, "align": _align, "judge": _judge, "report": _report, "ship": _ship, "clip": _clip,
-          "all": _all}
+          "scorer": _scorer, "t2v": _t2v, "align": _align, "judge": _judge, "ablate-cameras": _ablate_cameras,
+          "report": _report, "ship": _ship, "clip": _clip, "all": _all}
 
 
 # ============================================================================================ CLI
@@ -306,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--finetune-steps", type=int, default=1000)
     t.add_argument("--layers", default=None, help="finetune: only these runs (comma list of run names)")
     t.add_argument("--scorer-steps", type=int, default=2000)
+    t.add_argument("--ablation-steps", type=int, default=1000, help="ablate-cameras: camera-only steps per variant")
     t.add_argument("--t2v-steps", type=int, default=6000)
     t.add_argument("--align-steps", type=int, default=300)
     t.add_argument("--align-prompts", type=int, default=500, help="training captions used as DRTune prompts")

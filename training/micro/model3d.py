@@ -194,3 +194,69 @@ def train_model3d(world: str | Path, out: str | Path, cfg: Model3DTrainConfig, *
         save_pretrained(model.eval(), out / "anysplat")
         logger.info("micro AnySplat exported to %s", out / "anysplat")
     return res.code
+
+
+def rotation_errors(pred_c2w: Tensor, gt_c2w: Tensor) -> Tensor:
+    """Per-view rotation error in degrees between camera-to-world rotations (V, 4, 4) or (V, 3, 3)."""
+    rel = pred_c2w[:, :3, :3].double().transpose(1, 2) @ gt_c2w[:, :3, :3].double()
+    cos = ((rel.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos))
+
+
+def camera_ablation(world: str | Path, frame_tokens: int, steps: int = 1000, lr: float = 1e-3, seed: int = 0,
+                    eval_scenes: int = 16, every: int = 250, progress: bool = True) -> dict:
+    """Train only the aggregator and camera head of a fresh micro AnySplat with ``frame_tokens`` token entries on
+    the camera loss for ``steps`` steps and return the mean rotation error (degrees) on held-out scenes every
+    ``every`` steps: the measurement behind the micro AnySplat's ``frame_tokens = 9``."""
+    from tqdm import tqdm
+
+    from vist3a.cameras import vggt_pose_encoding_to_extrinsics
+
+    torch.manual_seed(seed)
+    model = AnySplat(micro_anysplat_config(frame_tokens)).train()
+    train, test = MicroScenes(world, "train"), MicroScenes(world, "test")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    s = model.config.aggregator.img_size
+    last = model.aggregator.depth - 1
+
+    def prep(item):
+        f = int(item["clip_frames"])
+        k = item["K"].clone()
+        k[:2] *= s / item["frames"].shape[-1]
+        c2w, _, _ = normalise_scene(item["c2w"], k, item["depth"], s, f)
+        return to_model_size(item["frames"][:f], s), _pose_encoding(c2w[:f], k, s), c2w[:f]
+
+    held = [prep(test[i]) for i in range(min(eval_scenes, len(test)))]
+
+    @torch.no_grad()
+    def error() -> float:
+        errs = []
+        for frames, _, c2w in held:
+            layers, _ = model.aggregator(frames[None], layers={last})
+            enc = model.encoder.camera_head(layers[last])[-1][0]
+            w2c, _ = vggt_pose_encoding_to_extrinsics(enc.float(), s, s)
+            errs.append(float(rotation_errors(torch.linalg.inv(_as4x4(w2c)), c2w).mean()))
+        return sum(errs) / len(errs)
+
+    curve = [(0, error())]
+    rng = step_rng(seed, 0, "camera-ablation")
+    for step in tqdm(range(1, steps + 1), desc=f"cameras, {frame_tokens} token entries", disable=not progress):
+        frames, enc_gt, _ = prep(train[rng.randrange(len(train))])
+        layers, _ = model.aggregator(frames[None], layers={last})
+        pose_list = model.encoder.camera_head(layers[last])
+        n = len(pose_list)
+        loss = sum(0.8 ** (n - 1 - i) * (pose_list[i][0] - enc_gt).abs().mean() for i in range(n))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % every == 0:
+            curve.append((step, error()))
+    return {"frame_tokens": frame_tokens, "steps": steps, "lr": lr, "eval_scenes": len(held),
+            "rotation_error_deg": curve}
+
+
+def _as4x4(w2c: Tensor) -> Tensor:
+    out = torch.eye(4, dtype=w2c.dtype).repeat(w2c.shape[0], 1, 1)
+    out[:, :3, :] = w2c
+    return out
