@@ -10,10 +10,13 @@ What it does, in order:
 1. links this repository into ``$COMFYUI_DIR/custom_nodes/`` (a symlink, removed afterwards);
 2. starts ``main.py --cpu`` on 127.0.0.1 with a free port and temporary output / input / temp / user directories;
 3. waits for the server, checks the pack imported and ``/object_info`` lists every node of the pack;
-4. POSTs every API-format workflow ``workflows/*_api.json``; a combo input with a ``tiny`` option (the pack's tiny
-   models) is switched to ``tiny``; a workflow naming model files the server does not have, or node types it does
-   not know, is skipped with the reason; waits on ``/history/<id>`` with a timeout; checks the run succeeded, wrote
-   files, and every ``.ply`` / ``.splat`` it wrote reads back with :mod:`vist3a.io`;
+4. queues every shared workflow: each UI workflow ``workflows/*.json`` converted to a prompt exactly as the frontend
+   converts it (``scripts/ui_workflow.py`` with this server's ``/object_info``: widget order, the inserted
+   ``control_after_generate`` slots, links), then every API copy ``workflows/api/*_api.json``; a combo input with a
+   ``tiny`` option (the pack's tiny models) is switched to ``tiny``; a workflow naming model files the server does
+   not have, or node types it does not know (a workflow that needs newer core nodes), is skipped with the reason;
+   waits on ``/history/<id>`` with a timeout; checks the run succeeded, wrote files, and every ``.ply`` / ``.splat``
+   / ``.spz`` it wrote reads back with :mod:`vist3a.io`;
 5. on a ComfyUI with the core splat type (``SPLAT``), checks DecodeToSplats outputs it and that core nodes and
    ours agree: core SplatToFile3D's PLY equals our SaveSplatPLY's, and a core TransformSplat result saved by our
    SaveSplatPLY moved by exactly the requested offset (skipped, with the reason, on older ComfyUI);
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import json
 import os
 import random
@@ -62,7 +64,7 @@ DOCUMENTED_NODES = (
     "VIST3AImagesTo3D",
     "VIST3APreviewSplats",
 )
-OUTPUT_SUFFIXES = (".ply", ".splat")
+OUTPUT_SUFFIXES = (".ply", ".splat", ".spz")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -312,6 +314,39 @@ def pack_node_ids() -> list[str] | None:
 # workflows
 
 
+def ui_workflow_module():
+    """scripts/ui_workflow.py (standard library only), imported from beside this file."""
+    import importlib.util
+
+    name = "_vist3a_ui_workflow"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "ui_workflow.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def shared_workflows() -> list[Path]:
+    """The UI workflows (what the template browser lists), then the API copies."""
+    ui = sorted(p for p in (REPO_ROOT / "workflows").glob("*.json"))
+    api = sorted((REPO_ROOT / "workflows" / "api").glob("*_api.json"))
+    return ui + api
+
+
+def load_workflow(path: Path, object_info: dict) -> dict:
+    """An API-format prompt from ``path``: API files as they are, UI files converted as the frontend converts them
+    with this server's node definitions. Raises ValueError when that is impossible (unknown node types...)."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
+        return ui_workflow_module().ui_to_api(data, object_info)
+    return load_api_workflow(path)
+
+
+def _strip_meta(prompt: dict) -> dict:
+    return {k: {"class_type": v.get("class_type"), "inputs": v.get("inputs")} for k, v in prompt.items()}
+
+
 def load_api_workflow(path: Path) -> dict:
     data = json.loads(path.read_text())
     if isinstance(data, dict) and "prompt" in data and isinstance(data["prompt"], dict):
@@ -521,11 +556,11 @@ def validate_3d_file(path: Path) -> str:
         sys.path.insert(0, str(REPO_ROOT))
     import torch
 
-    from vist3a.io import read_gaussians_ply, read_ply_header, read_point_cloud_ply, read_splat
+    from vist3a.io import load_gaussians, read_gaussians_ply, read_ply_header, read_point_cloud_ply
 
-    if path.suffix.lower() == ".splat":
-        g = read_splat(path)
-        kind = "splat"
+    if path.suffix.lower() in (".splat", ".spz"):
+        g = load_gaussians(path)
+        kind = path.suffix.lower()[1:]
     else:
         header = read_ply_header(path)
         vertex = header.element("vertex")
@@ -939,16 +974,33 @@ def run(
         else:
             report.add("documented node ids", "pass")
 
-        paths = [Path(p) for p in (workflows or sorted(glob.glob(str(REPO_ROOT / "workflows" / "*_api.json"))))]
+        paths = [Path(p) for p in workflows] if workflows else shared_workflows()
         if not paths:
-            report.add("workflows", "skip", "no workflows/*_api.json in the repository yet")
+            report.add("workflows", "skip", "no shared workflows in the repository yet")
         steps_candidate = None
+        converted: dict[str, dict] = {}
         for path in paths:
             name = path.name
             try:
-                wf = load_api_workflow(path)
+                wf = load_workflow(path, object_info)
+            except ui_workflow_module().WorkflowError as exc:
+                report.add(f"workflow {name}", "skip", f"not offered on this ComfyUI: {exc}")
+                continue
             except (ValueError, json.JSONDecodeError) as exc:
                 report.add(f"workflow {name}", "fail", str(exc))
+                continue
+            if not path.name.endswith("_api.json"):
+                problems = ui_workflow_module().validate_prompt(
+                    wf, object_info, dynamic_combos=("unet_name", "clip_name", "vae_name", "file")
+                )
+                if problems:
+                    report.add(f"workflow {name}", "fail", "as loaded in the frontend: " + "; ".join(problems))
+                    continue
+                converted[path.stem] = wf
+            elif _strip_meta(wf) == _strip_meta(converted.get(path.stem[: -len("_api")], {})):
+                # ComfyUI would answer the same prompt from its cache without running (or writing) anything
+                report.add(f"workflow {name}", "pass", f"the same prompt the frontend queues for "
+                           f"{path.stem[: -len('_api')]}.json, which ran above")
                 continue
             prepared, notes, reason = prepare_workflow(name, wf, object_info)
             if prepared is None:
@@ -1014,7 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workflow",
         action="append",
         default=None,
-        help="API-format workflow to run (repeatable; default workflows/*_api.json)",
+        help="workflow to run, UI or API format (repeatable; default workflows/*.json and workflows/api/*_api.json)",
     )
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--workflow-timeout", type=float, default=600.0)
