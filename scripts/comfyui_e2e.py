@@ -697,7 +697,62 @@ def core_splat_workflow(shift: float = 1.0) -> dict:
         "7": {"class_type": "TransformSplat", "inputs": {"splat": ["3", 0], **move}},
         "8": {"class_type": "SaveSplatPLY",
               "inputs": {"splats": ["7", 0], "filename_prefix": "e2e_core_splat/moved", "also_splat": False}},
+        # .spz both ways: core's writer (SplatToFile3D spz -> SaveGLB keeps the file as is) and ours
+        "9": {"class_type": "SplatToFile3D", "inputs": {"splat": ["3", 0], "format": "spz"}},
+        "10": {"class_type": "SaveGLB", "inputs": {"mesh": ["9", 0], "filename_prefix": "e2e_core_splat/corespz"}},
+        "11": {"class_type": "SaveSplatPLY", "inputs": {"splats": ["3", 0], "filename_prefix": "e2e_core_splat/ourspz",
+                                                        "also_splat": False, "format": "spz"}},
     }
+
+
+E2E_IMAGE = "vist3a_e2e_view.png"
+
+
+def core_reads_spz_workflow(spz_name: str) -> dict:
+    """Core Load3D (input/3d/<spz_name>) -> core File3DToSplat -> our SaveSplatPLY: core's .spz reader on our file.
+    Load3D's viewport input, which the frontend fills, gets a tiny image from the input folder."""
+    view = {"image": E2E_IMAGE, "mask": E2E_IMAGE, "normal": E2E_IMAGE, "recording": "", "camera_info": None}
+    return {
+        "1": {"class_type": "Load3D", "inputs": {"model_file": f"3d/{spz_name}", "image": view, "width": 64,
+                                                 "height": 64}},
+        "2": {"class_type": "File3DToSplat", "inputs": {"model_3d": ["1", 6]}},
+        "3": {"class_type": "SaveSplatPLY", "inputs": {"splats": ["2", 0], "filename_prefix": "e2e_core_spz/back",
+                                                       "also_splat": False}},
+    }
+
+
+def compare_spz_files(files: list[Path]) -> str:
+    """Core SplatToFile3D's .spz read by our reader equals the same splats saved by our PLY writer (within the
+    quantisation of core's version-2 writer; core keeps the DC colour only), and our .spz reads back the same way."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from vist3a.io import read_gaussians_ply, read_spz, read_spz_header
+
+    def one(tag: str, suffix: str) -> Path:
+        found = [p for p in files if p.suffix == suffix and p.name.startswith(tag)]
+        assert len(found) == 1, f"expected one {tag}*{suffix}, got {[p.name for p in files]}"
+        return found[0]
+
+    ply = read_gaussians_ply(one("ours", ".ply"))
+    out = []
+    for tag in ("corespz", "ourspz"):
+        path = one(tag, ".spz")
+        header = read_spz_header(path)
+        g = read_spz(path)
+        assert len(g) == len(ply), (tag, len(g), len(ply))
+        limits = {"means": 2.0 ** -(header.fractional_bits + 1) + 1e-6, "opacities": 1 / 510 + 1e-6,
+                  "dc": 1 / (2 * 255 * 0.15) + 1e-4, "log_scales": 1 / 32 + 1e-4}
+        got = {"means": (g.means - ply.means).abs().max(), "opacities": (g.opacities - ply.opacities).abs().max(),
+               "dc": (g.sh[:, 0] - ply.sh[:, 0].clamp(-0.5 / 0.15, 0.5 / 0.15)).abs().max(),
+               "log_scales": (g.scales.log() - ply.scales.log().clamp(-10, 5.9375)).abs().max()}
+        for key, value in got.items():
+            assert float(value) <= limits[key], f"{tag} .spz v{header.version} vs our PLY: {key} off by {value:.3g}"
+        cos = (g.rotations * ply.rotations).sum(-1).abs().clamp(max=1)
+        worst_deg = float(2 * cos.acos().max()) * 57.29578
+        assert worst_deg < (20.0 if header.version < 3 else 0.5), f"{tag}: rotations off by {worst_deg:.2f} deg"
+        out.append(f"{tag} (v{header.version}, SH degree {header.sh_degree}) vs our PLY within quantisation, "
+                   f"rotations within {worst_deg:.2f} deg")
+    return "; ".join(out)
 
 
 def compare_core_splat_files(files: list[Path], shift: float) -> str:
@@ -755,6 +810,54 @@ def check_core_splat(api: Api, server: Server, report: Report, object_info: dict
         report.add(name, "fail", str(exc))
         return
     report.add(name, "pass", f"{took:.1f} s; {detail}")
+    check_core_spz(api, server, report, object_info, timeout, files)
+
+
+def check_core_spz(api: Api, server: Server, report: Report, object_info: dict, timeout: float,
+                   files: list[Path]) -> None:
+    """Our .spz reader on core SplatToFile3D's .spz, and core's File3DToSplat (through Load3D) on our .spz."""
+    name = "core .spz interop (core SplatToFile3D .spz -> our reader; our .spz -> core File3DToSplat)"
+    try:
+        detail = compare_spz_files(files)
+    except AssertionError as exc:
+        report.add(name, "fail", str(exc))
+        return
+    missing = [n for n in ("Load3D", "File3DToSplat") if n not in object_info]
+    if missing:
+        report.add(name, "pass", f"{detail}; core reading ours skipped: no {', '.join(missing)}")
+        return
+    ours = [p for p in files if p.suffix == ".spz" and p.name.startswith("ourspz")][0]
+    target = server.input_dir / "3d" / "vist3a_e2e.spz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ours, target)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (40, 40, 40)).save(server.input_dir / E2E_IMAGE)
+    entry, back_files, took, err = execute(api, server, core_reads_spz_workflow(target.name), timeout)
+    if entry is None:
+        report.add(name, "fail", f"core reading our .spz: {err}")
+        return
+    from vist3a.io import read_gaussians_ply, read_spz
+
+    plys = [p for p in back_files if p.suffix == ".ply"]
+    if len(plys) != 1:
+        report.add(name, "fail", f"core reading our .spz wrote {[p.name for p in back_files]}")
+        return
+    core_view, ours_view = read_gaussians_ply(plys[0]), read_spz(ours)
+    worst = {
+        "means": float((core_view.means - ours_view.means).abs().max()),
+        "opacities": float((core_view.opacities - ours_view.opacities).abs().max()),
+        "dc": float((core_view.sh[:, 0] - ours_view.sh[:, 0]).abs().max()),
+        "scales": float((core_view.scales / ours_view.scales - 1).abs().max()),
+        "rotations": float((1 - (core_view.rotations * ours_view.rotations).sum(-1).abs()).max()),
+    }
+    bad = {k: v for k, v in worst.items() if v > 1e-4}
+    if len(core_view) != len(ours_view) or bad:
+        report.add(name, "fail", f"core File3DToSplat and our reader disagree on our .spz: {bad} "
+                   f"({len(core_view)} vs {len(ours_view)} splats)")
+        return
+    report.add(name, "pass", f"{detail}; core File3DToSplat reads our .spz (v3) as our reader does ("
+               + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + f"; {took:.1f} s)")
 
 
 # --------------------------------------------------------------------------------------------------------------------
