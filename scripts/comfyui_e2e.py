@@ -688,7 +688,8 @@ def core_splat_workflow(shift: float = 1.0) -> dict:
     move.update({f"scale_{a}": 1.0 for a in "xyz"})
     return {
         "1": {"class_type": "WanVIST3ASampler", "inputs": sampler},
-        "2": {"class_type": "LoadStitchedDecoder", "inputs": {"decoder": TINY_DECODER, "dtype": "fp32", "device": "cpu"}},
+        "2": {"class_type": "LoadStitchedDecoder",
+              "inputs": {"decoder": TINY_DECODER, "dtype": "fp32", "device": "cpu"}},
         "3": {"class_type": "DecodeToSplats", "inputs": {"decoder": ["2", 0], "samples": ["1", 0]}},
         "4": {"class_type": "SaveSplatPLY",
               "inputs": {"splats": ["3", 0], "filename_prefix": "e2e_core_splat/ours", "also_splat": False}},

@@ -124,7 +124,8 @@ def sh_scene(sh_degree: int) -> Gaussians:
     """Three blobs; at degree 3 strong band-1..3 coefficients make their colour depend a lot on the view."""
     g = torch.Generator().manual_seed(0)
     kw = dict(sh_degree=3, spread=0.22, size=0.11)
-    blobs = [_blob(120, [-0.8, 0.0, 0.0], [0.8, 0.3, 0.2], g, **kw), _blob(120, [0.8, 0.0, 0.0], [0.2, 0.3, 0.8], g, **kw),
+    blobs = [_blob(120, [-0.8, 0.0, 0.0], [0.8, 0.3, 0.2], g, **kw),
+             _blob(120, [0.8, 0.0, 0.0], [0.2, 0.3, 0.8], g, **kw),
              _blob(120, [0.0, -0.8, 0.3], [0.5, 0.6, 0.3], g, **kw)]
     scene = _cat(*blobs)
     band = torch.Generator().manual_seed(1)
@@ -353,7 +354,8 @@ def test_errors_are_shown(page):
     expected = {"not_a_ply.ply": "Not a PLY file", "truncated.ply": "Truncated PLY", "missing.ply": "404",
                 "broken.spz": "Cannot preview broken.spz", "model.obj": None}
     for name, text in expected.items():
-        nid, state = _add(cdp, name, node="VIST3APreviewSplats", hook="outputs", wait_ms=3000 if text is None else 120000)
+        wait_ms = 3000 if text is None else 120000
+        nid, state = _add(cdp, name, node="VIST3APreviewSplats", hook="outputs", wait_ms=wait_ms)
         if text is None:  # not a splat file: the node shows no preview at all
             assert state["state"] is None, state
             continue
@@ -466,8 +468,10 @@ def test_controls_match_comfyui_core_viewer(page):
 
     # toolbar: turntable, background, screenshot, fullscreen
     def click(label):
-        r = cdp.evaluate(f"""(() => {{ const b = [...window.vist3aTest.preview({nid}).element.querySelectorAll('button')]
-            .find((b) => b.textContent.includes({json.dumps(label)})); return b.getBoundingClientRect().toJSON(); }})()""")
+        r = cdp.evaluate(f"""(() => {{
+            const b = [...window.vist3aTest.preview({nid}).element.querySelectorAll('button')]
+              .find((b) => b.textContent.includes({json.dumps(label)}));
+            return b.getBoundingClientRect().toJSON(); }})()""")
         cdp.mouse("mousePressed", r["x"] + 4, r["y"] + 4, button="left", clickCount=1, buttons=1)
         cdp.mouse("mouseReleased", r["x"] + 4, r["y"] + 4, button="left", clickCount=1)
 
@@ -482,7 +486,7 @@ def test_controls_match_comfyui_core_viewer(page):
     assert cam()["background"] == "#336699"
     size = cdp.evaluate(f"window.vist3aTest.viewer({nid}).screenshot().then((b) => b.size + ':' + b.type)")
     assert size.endswith(":image/png") and int(size.split(":")[0]) > 1000
-    click("⛶")
+    click("Fullscreen")
     time.sleep(0.5)
     assert cdp.evaluate("document.fullscreenElement?.className") == "vist3a-splat-preview"
     cdp.evaluate("document.exitFullscreen().then(() => true)")

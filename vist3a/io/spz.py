@@ -44,8 +44,8 @@ What is kept
 Quantisation: positions to 2**-fractional_bits (12 bits by default: 0.24 mm per unit; fewer for scenes larger than
 +-2048 units), log-scales to 1/16 (scales between 4.5e-5 and 379, clamped), opacity to 1/255, DC colour to 1/38
 (f_dc within +-3.33, clamped), SH bands 1..3 within +-1 (clamped) to 1/16 and 1/8. Version 3 rotations are within
-about 0.2 degrees; version 2 (w recomputed from 8-bit x, y, z) loses up to several degrees where w is near 0. SH degree 4 is written only when asked for (Spark and ComfyUI core
-read up to degree 3).
+about 0.2 degrees; version 2 (w recomputed from 8-bit x, y, z) loses up to several degrees where w is near 0.
+SH degree 4 is written only when asked for (Spark and ComfyUI core read up to degree 3).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ export function createPreviewElement(options = {}) {
     a.click();
     setTimeout(() => URL.revokeObjectURL(a.href), 10000);
   });
-  const full = button("⛶", "Fullscreen (Esc to leave)", () => {
+  const full = button("Fullscreen", "Fill the screen with the view (Esc to leave)", () => {
     if (document.fullscreenElement === root) document.exitFullscreen?.();
     else root.requestFullscreen?.();
   });
