@@ -295,6 +295,14 @@ def page(tmp_path_factory):
         shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.fixture
+def cdp(page):
+    """The page's DevTools client, with the nodes of earlier tests removed."""
+    cdp, _ = page
+    cdp.evaluate("window.vist3aTest.clear()")
+    return cdp
+
+
 def _add(cdp, filename, node="SaveSplatPLY", key="vist3a_splats", hook="executed", untrained=False, wait_ms=120000):
     output = {key: [{"filename": filename, "subfolder": "", "type": "output"}]}
     if untrained:
@@ -324,8 +332,7 @@ def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float
 
 
 # ---------------------------------------------------------------------------------------------------- the tests
-def test_splats_points_and_info(page):
-    cdp, _ = page
+def test_splats_points_and_info(cdp):
     nid, state = _add(cdp, "blobs.ply")
     assert state["state"] == "ready", state
     assert state["viewer"] == {"kind": "splats", "count": 300, "shDegree": 0}
@@ -349,8 +356,7 @@ def test_splats_points_and_info(page):
     assert mid[1] > 100 and mid[1] > 2 * mid[0] and mid[1] > 2 * mid[2], mid
 
 
-def test_errors_are_shown(page):
-    cdp, _ = page
+def test_errors_are_shown(cdp):
     expected = {"not_a_ply.ply": "Not a PLY file", "truncated.ply": "Truncated PLY", "missing.ply": "404",
                 "broken.spz": "Cannot preview broken.spz", "model.obj": None}
     for name, text in expected.items():
@@ -393,9 +399,8 @@ def _previewer(cdp, filename, c2w, fov_y, width, height) -> np.ndarray:
     return _png(cdp.evaluate(f"window.vist3aTest.stillPng({nid})")), state
 
 
-def test_previewer_matches_our_renderer_sh0_sh3_and_spz(page):
+def test_previewer_matches_our_renderer_sh0_sh3_and_spz(cdp):
     """The previewer (Spark) and the pack's rasteriser agree on the same camera: SH 0, SH 3, and SH 3 from .spz."""
-    cdp, _ = page
     cameras, c2w, fov_y = _test_camera()
     w, h = cameras.width, cameras.height
     ours0, ours3 = _ours(sh_scene(0), cameras), _ours(sh_scene(3), cameras)
@@ -420,11 +425,10 @@ def test_previewer_matches_our_renderer_sh0_sh3_and_spz(page):
         assert to3 > to0 + 4, (name, results)  # ... clearly better than the view-independent colours
 
 
-def test_controls_match_comfyui_core_viewer(page):
+def test_controls_match_comfyui_core_viewer(cdp):
     """Real mouse input: left drag right turns the scene with the cursor (camera swings left), drag down shows the
     top, right drag pans, wheel zooms (three.js OrbitControls, as ComfyUI's Load3D); fly keys, turntable,
     background, screenshot, fullscreen."""
-    cdp, _ = page
     nid, state = _add(cdp, "blobs.ply")
     assert state["state"] == "ready"
     rect = cdp.evaluate(f"window.vist3aTest.sizeCanvas({nid}, 400, 300)")
