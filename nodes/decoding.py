@@ -467,30 +467,43 @@ class VIST3AImagesTo3D:
 
 
 # ============================================================================================ saving / preview
-def _splat_entries(node: str, splats, prefix: str, also_splat: bool, temp: bool) -> list[dict]:
-    from vist3a.io import write_gaussians_ply, write_splat
+FORMATS = {"ply": [".ply"], "spz": [".spz"], "ply + spz": [".ply", ".spz"]}
 
-    gaussians, _untrained = to_gaussians(node, splats)
+
+def _splat_entries(node: str, splats, prefix: str, also_splat: bool, temp: bool,
+                   file_format: str = "ply") -> tuple[list[dict], bool]:
+    """Write each scene as ``file_format`` (+ ``.splat``); the entries of the files the previewer shows (the first
+    file of each scene) and whether the splats came from untrained models."""
+    from vist3a.io import write_gaussians_ply, write_splat, write_spz
+
+    if file_format not in FORMATS:
+        raise ValueError(f"{node}: format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+    gaussians, untrained = to_gaussians(node, splats)
     entries = []
     for g in gaussians:
         _comfy.check_interrupt()
-        exts = [".ply", ".splat"] if also_splat else [".ply"]
+        exts = FORMATS[file_format] + ([".splat"] if also_splat else [])
         paths, subfolder, kind = _comfy.save_paths(node, prefix, exts, temp=temp)
-        write_gaussians_ply(paths[0], g)
-        if also_splat:
-            write_splat(paths[1], g)
-        logger.info("%s: wrote %s (%d Gaussians)", node, paths[0], len(g))
+        for path in paths:
+            {".ply": write_gaussians_ply, ".spz": write_spz, ".splat": write_splat}[path.suffix](path, g)
+        logger.info("%s: wrote %s (%d Gaussians)", node, ", ".join(p.name for p in paths), len(g))
         entries.append({"filename": paths[0].name, "subfolder": subfolder, "type": kind})
-    return entries
+    return entries, untrained
 
 
-def _ui(entries: list[dict]) -> dict:
-    return {"vist3a_splats": entries, "3d": [dict(e) for e in entries]}
+def _ui(entries: list[dict], untrained: bool = False) -> dict:
+    """The output nodes' UI payload: our previewer reads ``vist3a_splats`` (and ``vist3a_untrained``, to show a
+    banner), core's 3D views ``3d``."""
+    ui = {"vist3a_splats": entries, "3d": [dict(e) for e in entries]}
+    if untrained:
+        ui["vist3a_untrained"] = [True]
+    return ui
 
 
 class SaveSplatPLY:
-    DESCRIPTION = ("Saves Gaussian splats as standard 3DGS .ply (readable by every 3DGS viewer) and optionally "
-                   ".splat into ComfyUI's output folder, and shows them in the VIST3A previewer.")
+    DESCRIPTION = ("Saves Gaussian splats as standard 3DGS .ply (readable by every 3DGS viewer), compressed .spz "
+                   "(Niantic, about 10x smaller; read by ComfyUI's Load 3D, Spark, Marble) or both, optionally also "
+                   ".splat, into ComfyUI's output folder, and shows them in the VIST3A previewer.")
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -506,14 +519,19 @@ class SaveSplatPLY:
                                                default="vist3a/scene")),
             "also_splat": ("BOOLEAN", _tip("Also write an antimatter15 .splat file (DC colour only).",
                                            default=False)),
+        }, "optional": {
+            "format": (list(FORMATS), _tip("ply: 3DGS .ply with every SH band. spz: Niantic .spz, about 10x smaller, "
+                                           "SH up to degree 3. ply + spz: both (the previewer shows the first).",
+                                           default="ply")),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix=None):
         return _errors.validation("SaveSplatPLY", _errors.check_output_folder)
 
-    def save(self, splats, filename_prefix="vist3a/scene", also_splat=False):
-        return {"ui": _ui(_splat_entries("SaveSplatPLY", splats, filename_prefix, also_splat, False)), "result": ()}
+    def save(self, splats, filename_prefix="vist3a/scene", also_splat=False, format="ply"):
+        entries, untrained = _splat_entries("SaveSplatPLY", splats, filename_prefix, also_splat, False, format)
+        return {"ui": _ui(entries, untrained), "result": ()}
 
 
 class PreviewSplats:
@@ -528,8 +546,8 @@ class PreviewSplats:
         return {"required": {"splats": (SPLATS_IN, _tip("Gaussian splats to look at (ours or core SPLAT)."))}}
 
     def preview(self, splats):
-        return {"ui": _ui(_splat_entries("PreviewSplats", splats, "vist3a_preview/splats", False, True)),
-                "result": ()}
+        entries, untrained = _splat_entries("PreviewSplats", splats, "vist3a_preview/splats", False, True)
+        return {"ui": _ui(entries, untrained), "result": ()}
 
 
 class SavePointCloudPLY:
@@ -563,7 +581,10 @@ class SavePointCloudPLY:
             write_point_cloud_ply(path, cloud)
             logger.info("%s: wrote %s (%d points)", node, path, len(cloud.points))
             entries.append({"filename": path.name, "subfolder": subfolder, "type": kind})
-        return {"ui": {"vist3a_points": entries, "3d": [dict(e) for e in entries]}, "result": ()}
+        ui = {"vist3a_points": entries, "3d": [dict(e) for e in entries]}
+        if points.untrained:
+            ui["vist3a_untrained"] = [True]
+        return {"ui": ui, "result": ()}
 
 
 NODES = {

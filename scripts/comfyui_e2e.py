@@ -10,10 +10,13 @@ What it does, in order:
 1. links this repository into ``$COMFYUI_DIR/custom_nodes/`` (a symlink, removed afterwards);
 2. starts ``main.py --cpu`` on 127.0.0.1 with a free port and temporary output / input / temp / user directories;
 3. waits for the server, checks the pack imported and ``/object_info`` lists every node of the pack;
-4. POSTs every API-format workflow ``workflows/*_api.json``; a combo input with a ``tiny`` option (the pack's tiny
-   models) is switched to ``tiny``; a workflow naming model files the server does not have, or node types it does
-   not know, is skipped with the reason; waits on ``/history/<id>`` with a timeout; checks the run succeeded, wrote
-   files, and every ``.ply`` / ``.splat`` it wrote reads back with :mod:`vist3a.io`;
+4. queues every shared workflow: each UI workflow ``workflows/*.json`` converted to a prompt exactly as the frontend
+   converts it (``scripts/ui_workflow.py`` with this server's ``/object_info``: widget order, the inserted
+   ``control_after_generate`` slots, links), then every API copy ``workflows/api/*_api.json``; a combo input with a
+   ``tiny`` option (the pack's tiny models) is switched to ``tiny``; a workflow naming model files the server does
+   not have, or node types it does not know (a workflow that needs newer core nodes), is skipped with the reason;
+   waits on ``/history/<id>`` with a timeout; checks the run succeeded, wrote files, and every ``.ply`` / ``.splat``
+   / ``.spz`` it wrote reads back with :mod:`vist3a.io`;
 5. on a ComfyUI with the core splat type (``SPLAT``), checks DecodeToSplats outputs it and that core nodes and
    ours agree: core SplatToFile3D's PLY equals our SaveSplatPLY's, and a core TransformSplat result saved by our
    SaveSplatPLY moved by exactly the requested offset (skipped, with the reason, on older ComfyUI);
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import json
 import os
 import random
@@ -62,7 +64,7 @@ DOCUMENTED_NODES = (
     "VIST3AImagesTo3D",
     "VIST3APreviewSplats",
 )
-OUTPUT_SUFFIXES = (".ply", ".splat")
+OUTPUT_SUFFIXES = (".ply", ".splat", ".spz")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -312,6 +314,39 @@ def pack_node_ids() -> list[str] | None:
 # workflows
 
 
+def ui_workflow_module():
+    """scripts/ui_workflow.py (standard library only), imported from beside this file."""
+    import importlib.util
+
+    name = "_vist3a_ui_workflow"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "ui_workflow.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def shared_workflows() -> list[Path]:
+    """The UI workflows (what the template browser lists), then the API copies."""
+    ui = sorted(p for p in (REPO_ROOT / "workflows").glob("*.json"))
+    api = sorted((REPO_ROOT / "workflows" / "api").glob("*_api.json"))
+    return ui + api
+
+
+def load_workflow(path: Path, object_info: dict) -> dict:
+    """An API-format prompt from ``path``: API files as they are, UI files converted as the frontend converts them
+    with this server's node definitions. Raises ValueError when that is impossible (unknown node types...)."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
+        return ui_workflow_module().ui_to_api(data, object_info)
+    return load_api_workflow(path)
+
+
+def _strip_meta(prompt: dict) -> dict:
+    return {k: {"class_type": v.get("class_type"), "inputs": v.get("inputs")} for k, v in prompt.items()}
+
+
 def load_api_workflow(path: Path) -> dict:
     data = json.loads(path.read_text())
     if isinstance(data, dict) and "prompt" in data and isinstance(data["prompt"], dict):
@@ -521,11 +556,11 @@ def validate_3d_file(path: Path) -> str:
         sys.path.insert(0, str(REPO_ROOT))
     import torch
 
-    from vist3a.io import read_gaussians_ply, read_ply_header, read_point_cloud_ply, read_splat
+    from vist3a.io import load_gaussians, read_gaussians_ply, read_ply_header, read_point_cloud_ply
 
-    if path.suffix.lower() == ".splat":
-        g = read_splat(path)
-        kind = "splat"
+    if path.suffix.lower() in (".splat", ".spz"):
+        g = load_gaussians(path)
+        kind = path.suffix.lower()[1:]
     else:
         header = read_ply_header(path)
         vertex = header.element("vertex")
@@ -653,7 +688,8 @@ def core_splat_workflow(shift: float = 1.0) -> dict:
     move.update({f"scale_{a}": 1.0 for a in "xyz"})
     return {
         "1": {"class_type": "WanVIST3ASampler", "inputs": sampler},
-        "2": {"class_type": "LoadStitchedDecoder", "inputs": {"decoder": TINY_DECODER, "dtype": "fp32", "device": "cpu"}},
+        "2": {"class_type": "LoadStitchedDecoder",
+              "inputs": {"decoder": TINY_DECODER, "dtype": "fp32", "device": "cpu"}},
         "3": {"class_type": "DecodeToSplats", "inputs": {"decoder": ["2", 0], "samples": ["1", 0]}},
         "4": {"class_type": "SaveSplatPLY",
               "inputs": {"splats": ["3", 0], "filename_prefix": "e2e_core_splat/ours", "also_splat": False}},
@@ -662,7 +698,62 @@ def core_splat_workflow(shift: float = 1.0) -> dict:
         "7": {"class_type": "TransformSplat", "inputs": {"splat": ["3", 0], **move}},
         "8": {"class_type": "SaveSplatPLY",
               "inputs": {"splats": ["7", 0], "filename_prefix": "e2e_core_splat/moved", "also_splat": False}},
+        # .spz both ways: core's writer (SplatToFile3D spz -> SaveGLB keeps the file as is) and ours
+        "9": {"class_type": "SplatToFile3D", "inputs": {"splat": ["3", 0], "format": "spz"}},
+        "10": {"class_type": "SaveGLB", "inputs": {"mesh": ["9", 0], "filename_prefix": "e2e_core_splat/corespz"}},
+        "11": {"class_type": "SaveSplatPLY", "inputs": {"splats": ["3", 0], "filename_prefix": "e2e_core_splat/ourspz",
+                                                        "also_splat": False, "format": "spz"}},
     }
+
+
+E2E_IMAGE = "vist3a_e2e_view.png"
+
+
+def core_reads_spz_workflow(spz_name: str) -> dict:
+    """Core Load3D (input/3d/<spz_name>) -> core File3DToSplat -> our SaveSplatPLY: core's .spz reader on our file.
+    Load3D's viewport input, which the frontend fills, gets a tiny image from the input folder."""
+    view = {"image": E2E_IMAGE, "mask": E2E_IMAGE, "normal": E2E_IMAGE, "recording": "", "camera_info": None}
+    return {
+        "1": {"class_type": "Load3D", "inputs": {"model_file": f"3d/{spz_name}", "image": view, "width": 64,
+                                                 "height": 64}},
+        "2": {"class_type": "File3DToSplat", "inputs": {"model_3d": ["1", 6]}},
+        "3": {"class_type": "SaveSplatPLY", "inputs": {"splats": ["2", 0], "filename_prefix": "e2e_core_spz/back",
+                                                       "also_splat": False}},
+    }
+
+
+def compare_spz_files(files: list[Path]) -> str:
+    """Core SplatToFile3D's .spz read by our reader equals the same splats saved by our PLY writer (within the
+    quantisation of core's version-2 writer; core keeps the DC colour only), and our .spz reads back the same way."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from vist3a.io import read_gaussians_ply, read_spz, read_spz_header
+
+    def one(tag: str, suffix: str) -> Path:
+        found = [p for p in files if p.suffix == suffix and p.name.startswith(tag)]
+        assert len(found) == 1, f"expected one {tag}*{suffix}, got {[p.name for p in files]}"
+        return found[0]
+
+    ply = read_gaussians_ply(one("ours", ".ply"))
+    out = []
+    for tag in ("corespz", "ourspz"):
+        path = one(tag, ".spz")
+        header = read_spz_header(path)
+        g = read_spz(path)
+        assert len(g) == len(ply), (tag, len(g), len(ply))
+        limits = {"means": 2.0 ** -(header.fractional_bits + 1) + 1e-6, "opacities": 1 / 510 + 1e-6,
+                  "dc": 1 / (2 * 255 * 0.15) + 1e-4, "log_scales": 1 / 32 + 1e-4}
+        got = {"means": (g.means - ply.means).abs().max(), "opacities": (g.opacities - ply.opacities).abs().max(),
+               "dc": (g.sh[:, 0] - ply.sh[:, 0].clamp(-0.5 / 0.15, 0.5 / 0.15)).abs().max(),
+               "log_scales": (g.scales.log() - ply.scales.log().clamp(-10, 5.9375)).abs().max()}
+        for key, value in got.items():
+            assert float(value) <= limits[key], f"{tag} .spz v{header.version} vs our PLY: {key} off by {value:.3g}"
+        cos = (g.rotations * ply.rotations).sum(-1).abs().clamp(max=1)
+        worst_deg = float(2 * cos.acos().max()) * 57.29578
+        assert worst_deg < (20.0 if header.version < 3 else 0.5), f"{tag}: rotations off by {worst_deg:.2f} deg"
+        out.append(f"{tag} (v{header.version}, SH degree {header.sh_degree}) vs our PLY within quantisation, "
+                   f"rotations within {worst_deg:.2f} deg")
+    return "; ".join(out)
 
 
 def compare_core_splat_files(files: list[Path], shift: float) -> str:
@@ -720,6 +811,54 @@ def check_core_splat(api: Api, server: Server, report: Report, object_info: dict
         report.add(name, "fail", str(exc))
         return
     report.add(name, "pass", f"{took:.1f} s; {detail}")
+    check_core_spz(api, server, report, object_info, timeout, files)
+
+
+def check_core_spz(api: Api, server: Server, report: Report, object_info: dict, timeout: float,
+                   files: list[Path]) -> None:
+    """Our .spz reader on core SplatToFile3D's .spz, and core's File3DToSplat (through Load3D) on our .spz."""
+    name = "core .spz interop (core SplatToFile3D .spz -> our reader; our .spz -> core File3DToSplat)"
+    try:
+        detail = compare_spz_files(files)
+    except AssertionError as exc:
+        report.add(name, "fail", str(exc))
+        return
+    missing = [n for n in ("Load3D", "File3DToSplat") if n not in object_info]
+    if missing:
+        report.add(name, "pass", f"{detail}; core reading ours skipped: no {', '.join(missing)}")
+        return
+    ours = [p for p in files if p.suffix == ".spz" and p.name.startswith("ourspz")][0]
+    target = server.input_dir / "3d" / "vist3a_e2e.spz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ours, target)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (40, 40, 40)).save(server.input_dir / E2E_IMAGE)
+    entry, back_files, took, err = execute(api, server, core_reads_spz_workflow(target.name), timeout)
+    if entry is None:
+        report.add(name, "fail", f"core reading our .spz: {err}")
+        return
+    from vist3a.io import read_gaussians_ply, read_spz
+
+    plys = [p for p in back_files if p.suffix == ".ply"]
+    if len(plys) != 1:
+        report.add(name, "fail", f"core reading our .spz wrote {[p.name for p in back_files]}")
+        return
+    core_view, ours_view = read_gaussians_ply(plys[0]), read_spz(ours)
+    worst = {
+        "means": float((core_view.means - ours_view.means).abs().max()),
+        "opacities": float((core_view.opacities - ours_view.opacities).abs().max()),
+        "dc": float((core_view.sh[:, 0] - ours_view.sh[:, 0]).abs().max()),
+        "scales": float((core_view.scales / ours_view.scales - 1).abs().max()),
+        "rotations": float((1 - (core_view.rotations * ours_view.rotations).sum(-1).abs()).max()),
+    }
+    bad = {k: v for k, v in worst.items() if v > 1e-4}
+    if len(core_view) != len(ours_view) or bad:
+        report.add(name, "fail", f"core File3DToSplat and our reader disagree on our .spz: {bad} "
+                   f"({len(core_view)} vs {len(ours_view)} splats)")
+        return
+    report.add(name, "pass", f"{detail}; core File3DToSplat reads our .spz (v3) as our reader does ("
+               + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + f"; {took:.1f} s)")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -939,16 +1078,33 @@ def run(
         else:
             report.add("documented node ids", "pass")
 
-        paths = [Path(p) for p in (workflows or sorted(glob.glob(str(REPO_ROOT / "workflows" / "*_api.json"))))]
+        paths = [Path(p) for p in workflows] if workflows else shared_workflows()
         if not paths:
-            report.add("workflows", "skip", "no workflows/*_api.json in the repository yet")
+            report.add("workflows", "skip", "no shared workflows in the repository yet")
         steps_candidate = None
+        converted: dict[str, dict] = {}
         for path in paths:
             name = path.name
             try:
-                wf = load_api_workflow(path)
+                wf = load_workflow(path, object_info)
+            except ui_workflow_module().WorkflowError as exc:
+                report.add(f"workflow {name}", "skip", f"not offered on this ComfyUI: {exc}")
+                continue
             except (ValueError, json.JSONDecodeError) as exc:
                 report.add(f"workflow {name}", "fail", str(exc))
+                continue
+            if not path.name.endswith("_api.json"):
+                problems = ui_workflow_module().validate_prompt(
+                    wf, object_info, dynamic_combos=("unet_name", "clip_name", "vae_name", "file")
+                )
+                if problems:
+                    report.add(f"workflow {name}", "fail", "as loaded in the frontend: " + "; ".join(problems))
+                    continue
+                converted[path.stem] = wf
+            elif _strip_meta(wf) == _strip_meta(converted.get(path.stem[: -len("_api")], {})):
+                # ComfyUI would answer the same prompt from its cache without running (or writing) anything
+                report.add(f"workflow {name}", "pass", f"the same prompt the frontend queues for "
+                           f"{path.stem[: -len('_api')]}.json, which ran above")
                 continue
             prepared, notes, reason = prepare_workflow(name, wf, object_info)
             if prepared is None:
@@ -1014,7 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workflow",
         action="append",
         default=None,
-        help="API-format workflow to run (repeatable; default workflows/*_api.json)",
+        help="workflow to run, UI or API format (repeatable; default workflows/*.json and workflows/api/*_api.json)",
     )
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--workflow-timeout", type=float, default=600.0)

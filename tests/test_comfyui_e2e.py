@@ -7,6 +7,7 @@ on a synthetic ``/object_info`` and need no ComfyUI.
 """
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -139,5 +140,20 @@ def test_boost_steps_and_load_api_workflow(tmp_path):
 
 def test_shared_api_workflows_parse():
     h = _harness()
-    for path in sorted((REPO_ROOT / "workflows").glob("*_api.json")):
+    for path in sorted((REPO_ROOT / "workflows" / "api").glob("*_api.json")):
         assert h.load_api_workflow(path), path
+
+
+def test_shared_workflows_ui_first_and_ui_conversion(tmp_path):
+    """The harness queues the UI workflows converted as the frontend does, then the API copies."""
+    h = _harness()
+    paths = h.shared_workflows()
+    ui = [p for p in paths if p.parent.name == "workflows"]
+    assert ui and paths[: len(ui)] == ui and all(p.name.endswith("_api.json") for p in paths[len(ui):])
+    info = {"Sampler": {"input": {"required": {"seed": ["INT", {}], "steps": ["INT", {}]}}, "output": ["LATENT"]}}
+    wf = {"nodes": [{"id": 7, "type": "Sampler", "inputs": [], "widgets_values": [5, "randomize", 3]}], "links": []}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(wf))
+    assert h.load_workflow(path, info)["7"]["inputs"] == {"seed": 5, "steps": 3}
+    with pytest.raises(h.ui_workflow_module().WorkflowError):
+        h.load_workflow(path, {})

@@ -181,7 +181,7 @@ def test_save_load_dispatch(tmp_path):
     assert (tmp_path / "s.splat").stat().st_size == 50 * 32
     assert load_gaussians(tmp_path / "s.splat").sh_degree == 0
     for name in ("s.obj", "noext"):
-        with pytest.raises(ValueError, match=r"unsupported file extension .*use \.ply .* or \.splat"):
+        with pytest.raises(ValueError, match=r"unsupported file extension .*use \.ply .*, \.splat .* or \.spz"):
             save_gaussians(tmp_path / name, g)
         with pytest.raises(ValueError, match="unsupported file extension"):
             load_gaussians(tmp_path / name)

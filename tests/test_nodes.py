@@ -95,6 +95,7 @@ def test_latent_to_splats_to_ply_end_to_end(mappings, comfy, single_thread):
     out = mappings["SaveSplatPLY"]().save(splats, "vist3a/scene", True)
     entries = out["ui"]["vist3a_splats"]
     assert out["ui"]["3d"] == entries and out["result"] == ()
+    assert out["ui"]["vist3a_untrained"] == [True]  # the previewer's banner: tiny models are untrained
     g, = _read_entries(comfy.root, entries)
     assert len(g) == len(splats.gaussians[0])
     torch.testing.assert_close(g.means, splats.gaussians[0].means, rtol=1e-5, atol=1e-5)
@@ -171,6 +172,31 @@ def test_save_never_leaves_output_folder(mappings, comfy, prefix):
     e, = out["ui"]["vist3a_splats"]
     assert (root / e["subfolder"] / e["filename"]).resolve().is_relative_to(root)
     assert ".." not in e["subfolder"] and not e["subfolder"].startswith("/")
+
+
+def test_save_formats(mappings, comfy):
+    """SaveSplatPLY writes .ply, .spz or both (+ .splat); the previewer is pointed at the first file."""
+    from nodes.decoding import SplatBatch
+    from vist3a import Gaussians
+    from vist3a.io import read_gaussians_ply, read_spz
+
+    n = 6
+    g = Gaussians(torch.randn(n, 3), torch.rand(n, 3) + 0.1, torch.nn.functional.normalize(torch.randn(n, 4), dim=-1),
+                  torch.rand(n), torch.rand(n, 4, 3) - 0.5)
+    root = Path(comfy.root) / "output"
+    out = mappings["SaveSplatPLY"]().save(SplatBatch([g]), "fmt/a", False, "spz")
+    e, = out["ui"]["vist3a_splats"]
+    assert e["filename"].endswith(".spz") and "vist3a_untrained" not in out["ui"]
+    back = read_spz(root / e["subfolder"] / e["filename"])
+    assert back.sh_degree == 1 and (back.means - g.means).abs().max() < 2**-12
+    out = mappings["SaveSplatPLY"]().save(SplatBatch([g]), "fmt/b", True, "ply + spz")
+    e, = out["ui"]["vist3a_splats"]
+    assert e["filename"].endswith(".ply") and len(read_gaussians_ply(root / e["subfolder"] / e["filename"])) == n
+    stem = e["filename"][: -len(".ply")]
+    assert {p.name for p in (root / e["subfolder"]).iterdir() if p.name.startswith(stem)} == {
+        f"{stem}.ply", f"{stem}.spz", f"{stem}.splat"}
+    with pytest.raises(ValueError, match="SaveSplatPLY: format must be one of ply, spz, ply \\+ spz"):
+        mappings["SaveSplatPLY"]().save(SplatBatch([g]), "fmt/c", False, "obj")
 
 
 def test_peft_lora_keys_to_comfy_format():

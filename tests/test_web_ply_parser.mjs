@@ -1,9 +1,8 @@
-// Unit tests of web/js/ply_parser.js and web/js/depth_sort.js under node's test runner (run by
-// tests/test_web_node.py, or directly: node --test tests/test_web_ply_parser.mjs).
+// Unit tests of web/js/ply_parser.js under node's test runner (run by tests/test_web_node.py, or directly:
+// node --test tests/test_web_ply_parser.mjs).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { parsePly, parsePlyHeader, PlyError, SH_C0 } from "../web/js/ply_parser.js";
-import { depthSortIndices } from "../web/js/depth_sort.js";
+import { inspectPly, parsePly, parsePlyHeader, PlyError, SH_C0 } from "../web/js/ply_parser.js";
 
 function plyBytes(headerLines, body) {
   const header = new TextEncoder().encode(["ply", ...headerLines, "end_header", ""].join("\n"));
@@ -22,9 +21,8 @@ function splatFile(rows, format = "binary_little_endian 1.0") {
   return plyBytes(lines, body);
 }
 
-test("3DGS splat: colour, opacity, covariance", () => {
+test("3DGS splat: kind, centre, DC colour, opacity", () => {
   const s = Math.log(0.5);
-  // 90 degrees about z: wxyz = (cos 45, 0, 0, sin 45); scales (0.5, 1, 2) -> world cov diag (1, 0.25, 4)
   const q = Math.SQRT1_2;
   const row = [1, 2, 3, 0, 0, 0, 1, 0, -1, 0, s, Math.log(1), Math.log(2), q, 0, 0, q];
   const r = parsePly(splatFile([row]));
@@ -35,9 +33,16 @@ test("3DGS splat: colour, opacity, covariance", () => {
   assert.ok(Math.abs(r.colors[1] - 0.5) < 1e-6);
   assert.ok(Math.abs(r.colors[2] - (0.5 - SH_C0)) < 1e-6);
   assert.ok(Math.abs(r.opacities[0] - 0.5) < 1e-6);
-  const c = [...r.covariances];
-  const want = [1, 0, 0, 0.25, 0, 4];
-  c.forEach((v, i) => assert.ok(Math.abs(v - want[i]) < 1e-5, `cov[${i}] = ${v}, want ${want[i]}`));
+  assert.deepEqual(inspectPly(splatFile([row])), { kind: "splats", count: 1, format: "binary_little_endian",
+    shDegree: 0, compressed: false });
+});
+
+test("compressed splat PLY goes to the splat viewer", () => {
+  const file = plyBytes(["format binary_little_endian 1.0", "element chunk 1", "property float min_x", "element vertex 1",
+    "property uint packed_position"], new Uint8Array(8));
+  assert.deepEqual(inspectPly(file), { kind: "splats", count: 1, format: "binary_little_endian", shDegree: 0,
+    compressed: true });
+  assert.throws(() => parsePly(file), /Compressed splat PLY/);
 });
 
 test("point cloud: uchar colours and confidence", () => {
@@ -53,7 +58,6 @@ test("point cloud: uchar colours and confidence", () => {
   });
   const r = parsePly(plyBytes(lines, new Uint8Array(buf)));
   assert.equal(r.kind, "points");
-  assert.equal(r.covariances, null);
   assert.ok(r.hasConfidence);
   assert.deepEqual([...r.positions], [0, 1, 2, 3, 4, 5]);
   assert.ok(Math.abs(r.colors[2] - 128 / 255) < 1e-6);
@@ -83,14 +87,14 @@ test("skips fixed-size elements before vertex", () => {
 });
 
 test("clear errors for unreadable files", () => {
-  const err = (buf, re) => assert.throws(() => parsePly(buf), (e) => e instanceof PlyError && re.test(e.message));
+  const err = (buf, re) => {
+    for (const fn of [parsePly, inspectPly]) assert.throws(() => fn(buf), (e) => e instanceof PlyError && re.test(e.message));
+  };
   err(new TextEncoder().encode("<html>nope</html>").buffer, /Not a PLY file.*HTML/);
   err(new Uint8Array([0x1f, 0x8b, 8, 0, 0]).buffer, /gzip/);
   const full = splatFile([new Array(17).fill(0)]);
   err(full.slice(0, full.byteLength - 10), /Truncated PLY/);
   err(new TextEncoder().encode("ply\nformat binary_little_endian 1.0\nelement vertex 3\n").buffer, /Truncated PLY.*end_header/);
-  err(plyBytes(["format binary_little_endian 1.0", "element chunk 1", "property float min_x", "element vertex 1",
-    "property uint packed_position"], new Uint8Array(8)), /Compressed splat PLY/);
   err(plyBytes(["format binary_little_endian 1.0", "element face 0", "property list uchar int vertex_indices"],
     new Uint8Array(0)), /no 'vertex' element/);
   err(plyBytes(["format binary_little_endian 1.0", "element vertex 0", "property float x", "property float y",
@@ -107,19 +111,4 @@ test("header parser reports the data offset", () => {
   assert.equal(h.format, "ascii");
   assert.equal(h.elements[0].properties[0].size, 8);
   assert.equal(h.dataOffset, "ply\nformat ascii 1.0\ncomment hi\nelement vertex 1\nproperty double x\nend_header\n".length);
-});
-
-test("depth sort: far to near, stable, all indices", () => {
-  const n = 10000;
-  const pos = new Float32Array(3 * n);
-  for (let i = 0; i < n; i++) { pos[3 * i] = Math.sin(i); pos[3 * i + 1] = Math.cos(i * 1.3); pos[3 * i + 2] = ((i * 7919) % n) / n; }
-  const fwd = [0, 0, 1];
-  const idx = depthSortIndices(pos, fwd);
-  assert.equal(new Set(idx).size, n);
-  for (let k = 1; k < n; k++) assert.ok(pos[3 * idx[k - 1] + 2] >= pos[3 * idx[k] + 2] - 1 / 65535, `order at ${k}`);
-  const rev = depthSortIndices(pos, [0, 0, -1]);
-  assert.ok(pos[3 * rev[0] + 2] <= pos[3 * rev[n - 1] + 2]);
-  // degenerate: all at one depth, NaN positions
-  const flat = new Float32Array([0, 0, 1, 0, 0, 1, NaN, 0, 0]);
-  assert.equal(new Set(depthSortIndices(flat, fwd)).size, 3);
 });

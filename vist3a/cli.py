@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main"]
 
 
 def _load_scene(path: Path):
-    """Gaussians from a 3DGS .ply / .splat, or a PointCloud from a point-cloud .ply."""
+    """Gaussians from a 3DGS .ply / .splat / .spz, or a PointCloud from a point-cloud .ply."""
     from .checks import check_input_file
     from .io import load_gaussians, read_ply_header, read_point_cloud_ply
 
@@ -41,6 +41,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     scene = _load_scene(Path(args.file))
     kind = "gaussian splats" if isinstance(scene, Gaussians) else "point cloud"
     lines = [f"file:        {args.file}", f"kind:        {kind}", f"count:       {len(scene)}"]
+    if Path(args.file).suffix.lower() == ".spz":
+        from .io import read_spz_header
+
+        h = read_spz_header(args.file)
+        lines.append(f"format:      .spz version {h.version}, {h.fractional_bits} fractional bits"
+                     + (", anti-aliased" if h.antialiased else ""))
     if isinstance(scene, Gaussians):
         lines.append(f"sh degree:   {scene.sh_degree}")
         if len(scene):
@@ -214,7 +220,7 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path]:
     from .checks import check_output_file
     from .io.cameras_json import cameras_sidecar
 
-    wanted = {"scene": (".ply", ".splat"), "pointmap": (".ply",), "splat": (".splat",), "cameras": (".json",)}
+    wanted = {"scene": (".ply", ".splat", ".spz"), "pointmap": (".ply",), "splat": (".splat",), "cameras": (".json",)}
     flags = {"scene": "-o/--output", "pointmap": "--pointmap", "splat": "--splat",
              "cameras": "the camera file beside -o (--no-cameras to skip it)"}
     given = {"scene": args.output, "pointmap": args.pointmap, "splat": args.splat,
@@ -349,7 +355,7 @@ def _write_scene(scene, outs: dict[str, Path], sh_degree: int | None) -> None:
         write_point_cloud_ply(outs["scene"], cloud)
         log.info("wrote %d points to %s (this decoder predicts pointmaps, not Gaussians)", len(cloud), outs["scene"])
     elif scene.gaussians is None:
-        raise ValueError("this decoder predicts pointmaps only; write a .ply point cloud instead of a .splat")
+        raise ValueError("this decoder predicts pointmaps only; write a .ply point cloud instead of a .splat / .spz")
     else:
         g = scene.gaussians
         if sh_degree is not None and sh_degree >= 0:
@@ -455,8 +461,49 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Any splat file the pack reads -> .ply / .splat / .spz (chosen by the extension); point clouds -> .ply."""
+    from .checks import check_input_file, check_output_file
+    from .gaussians import Gaussians
+    from .io import (
+        GAUSSIAN_EXTENSIONS,
+        read_spz,
+        write_gaussians_ply,
+        write_point_cloud_ply,
+        write_splat,
+        write_spz,
+    )
+
+    src = Path(check_input_file(args.input, "input file"))
+    dst = check_output_file(args.output, "output", tuple(GAUSSIAN_EXTENSIONS))
+    ext = dst.suffix.lower()
+    if src.suffix.lower() == ".spz":
+        scene = read_spz(src, frame=args.spz_frame)
+    else:
+        scene = _load_scene(src)
+    if not isinstance(scene, Gaussians):
+        if ext != ".ply":
+            raise ValueError(f"{src} is a point cloud; it converts to a point-cloud .ply only, not {ext}")
+        write_point_cloud_ply(dst, scene)
+        log.info("wrote %d points to %s", len(scene), dst)
+        return 0
+    if args.sh_degree is not None and args.sh_degree >= 0:
+        scene = scene.with_sh_degree(min(args.sh_degree, scene.sh_degree))
+    if ext == ".spz":
+        write_spz(dst, scene, version=args.spz_version, frame=args.spz_frame)
+    elif ext == ".splat":
+        write_splat(dst, scene)
+    else:
+        write_gaussians_ply(dst, scene)
+    before, after = src.stat().st_size, dst.stat().st_size
+    log.info("wrote %d Gaussians (SH degree %d) to %s: %.1f MB -> %.1f MB", len(scene),
+             0 if ext == ".splat" else min(scene.sh_degree, 3 if ext == ".spz" else 4), dst, before / 1e6, after / 1e6)
+    return 0
+
+
 def _add_common(p: argparse.ArgumentParser, presets: tuple[str, ...] = ("tiny",)) -> None:
-    p.add_argument("-o", "--output", required=True, help="scene file: 3DGS .ply (or .splat), written atomically")
+    p.add_argument("-o", "--output", required=True,
+                   help="scene file: 3DGS .ply (or .splat, or compressed .spz), written atomically")
     p.add_argument("--pointmap", help="also write the pointmap as a point-cloud .ply")
     p.add_argument("--splat", help="also write an antimatter15 .splat file")
     p.add_argument("--no-cameras", action="store_true",
@@ -491,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vist3a",
         description="VIST3A text-to-3D tools: generate 3D scenes from text or video, inspect and render 3D "
-        "Gaussian splat files (.ply, .splat) and point clouds.",
+        "Gaussian splat files (.ply, .splat, .spz) and point clouds.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
@@ -500,11 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("info", parents=[debug], help="print counts, SH degree and bounds of a splat or point-cloud file")
-    p.add_argument("file", help="3DGS .ply, .splat, or point-cloud .ply")
+    p.add_argument("file", help="3DGS .ply, .splat, .spz, or point-cloud .ply")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("render", parents=[debug], help="render orbit views of a splat or point-cloud file to a PNG grid")
-    p.add_argument("file", help="3DGS .ply, .splat, or point-cloud .ply")
+    p.add_argument("file", help="3DGS .ply, .splat, .spz, or point-cloud .ply")
     p.add_argument("-o", "--output", required=True,
                    help="output .png grid, or .mp4 orbit video (needs imageio-ffmpeg); written atomically")
     p.add_argument("--views", type=int, default=8, help="number of orbit views (default 8)")
@@ -522,7 +569,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=16, help=".mp4 frames per second (default 16)")
     p.set_defaults(func=_cmd_render)
 
-    p = sub.add_parser("generate", parents=[debug], help="text -> 3D scene (.ply / .splat) with Wan 2.1 + the stitched decoder")
+    p = sub.add_parser("convert", parents=[debug], help="convert a splat file between .ply, .splat and .spz (by the extensions)")
+    p.add_argument("input", help="3DGS .ply, .splat, .spz, or point-cloud .ply (-> .ply only)")
+    p.add_argument("output", help=".ply (all SH bands), .splat (DC colour) or .spz (compressed, SH up to degree 3); "
+                                  "written atomically")
+    p.add_argument("--sh-degree", type=int, default=None, help="keep at most this SH degree (default: all the "
+                                                               "output format holds)")
+    p.add_argument("--spz-version", type=int, choices=(2, 3), default=3,
+                   help=".spz version to write (default 3; 2 for old readers)")
+    p.add_argument("--spz-frame", choices=("as-is", "rub"), default="as-is",
+                   help=".spz coordinates: as-is (the .ply frame, as ComfyUI and Spark use; default) or rub "
+                        "(Niantic's right-up-back frame)")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("generate", parents=[debug], help="text -> 3D scene (.ply / .splat / .spz) with Wan 2.1 + the stitched "
+                                        "decoder")
     p.add_argument("prompt", help="scene description, e.g. \"a red sports car\"")
     _add_common(p, presets=("tiny", "micro"))
     p.add_argument("--steps", type=int, help="denoising steps (default 50; tiny preset 4, micro 20)")

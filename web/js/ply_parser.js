@@ -1,14 +1,12 @@
-// PLY parser for the VIST3A previewer: 3DGS splat PLY and coloured point-cloud PLY.
+// PLY checks for the VIST3A previewer: what a .ply holds (3DGS splats, compressed splats or a point cloud), with
+// clear messages for files that cannot be shown, and the point-cloud reader (splats are decoded by Spark).
 //
-// Pure ES module, no DOM and no side effects, so it runs in the browser, in a worker and under node (unit tests).
-// ComfyUI imports every .js under web/ as an extension module; importing this one only defines functions.
+// Pure ES module, no DOM and no side effects, so it runs in the browser and under node (unit tests). ComfyUI
+// imports every .js under web/ as an extension module; importing this one only defines functions.
 //
-// parsePly(arrayBuffer) -> {
-//   kind: "splats" | "points", count,
-//   positions: Float32Array(3n), colors: Float32Array(3n) in [0,1], opacities: Float32Array(n) in [0,1],
-//   covariances: Float32Array(6n) (xx, xy, xz, yy, yz, zz) for splats, null for points,
-//   format, shDegree (splats), hasConfidence (points)
-// }
+// inspectPly(arrayBuffer) -> {kind: "splats" | "points", count, format, shDegree, compressed}
+// parsePly(arrayBuffer) -> {kind, count, positions: Float32Array(3n), colors: Float32Array(3n) in [0,1],
+//   opacities: Float32Array(n) in [0,1], format, shDegree, hasConfidence, nonFinite}
 // Every problem throws PlyError with a message meant for the user (shown in the node).
 
 export const SH_C0 = 0.28209479177387814;
@@ -33,6 +31,7 @@ const TYPES = {
 };
 
 const COMPRESSED_MARKERS = ["packed_position", "packed_rotation", "packed_scale", "packed_color"];
+const SPLAT_PROPS = ["scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"];
 
 /** Parse the header. Returns {format, elements: [{name, count, properties: [{name, type, size, list}]}], dataOffset}. */
 export function parsePlyHeader(buffer) {
@@ -134,22 +133,7 @@ function readVertexColumns(buffer, header, vertex, wanted) {
     return cols;
   }
   const little = header.format === "binary_little_endian";
-  let offset = header.dataOffset;
-  for (const el of header.elements) {
-    if (el === vertex) break;
-    if (el.properties.some((p) => p.list)) {
-      throw new PlyError(`Unsupported PLY: element '${el.name}' before 'vertex' has list properties.`);
-    }
-    offset += el.count * el.properties.reduce((a, p) => a + p.size, 0);
-  }
-  if (vertex.properties.some((p) => p.list)) throw new PlyError("Unsupported PLY: the vertex element has list properties.");
-  const stride = vertex.properties.reduce((a, p) => a + p.size, 0);
-  const need = offset + n * stride;
-  if (need > buffer.byteLength) {
-    throw new PlyError(
-      `Truncated PLY: the header announces ${n} vertices (${need} bytes in all) but the file has ${buffer.byteLength} bytes.`,
-    );
-  }
+  const { offset, stride } = vertexLayout(buffer, header, vertex);
   allocate();
   const view = new DataView(buffer);
   let rel = 0;
@@ -176,28 +160,69 @@ function colorScale(prop, col) {
   return 1;
 }
 
-/** Parse a whole PLY file (ArrayBuffer). */
-export function parsePly(buffer) {
-  if (!(buffer instanceof ArrayBuffer)) buffer = buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength);
+function toArrayBuffer(buffer) {
+  return buffer instanceof ArrayBuffer ? buffer : buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength);
+}
+
+/** Offset of the vertex data and the vertex record size, checking the file is long enough (binary files). */
+function vertexLayout(buffer, header, vertex) {
+  let offset = header.dataOffset;
+  for (const el of header.elements) {
+    if (el === vertex) break;
+    if (el.properties.some((p) => p.list)) {
+      throw new PlyError(`Unsupported PLY: element '${el.name}' before 'vertex' has list properties.`);
+    }
+    offset += el.count * el.properties.reduce((a, p) => a + p.size, 0);
+  }
+  if (vertex.properties.some((p) => p.list)) throw new PlyError("Unsupported PLY: the vertex element has list properties.");
+  const stride = vertex.properties.reduce((a, p) => a + p.size, 0);
+  const need = offset + vertex.count * stride;
+  if (need > buffer.byteLength) {
+    throw new PlyError(
+      `Truncated PLY: the header announces ${vertex.count} vertices (${need} bytes in all) but the file has ${buffer.byteLength} bytes.`,
+    );
+  }
+  return { offset, stride };
+}
+
+/** What a PLY holds; throws PlyError for files no viewer can show (not a PLY, truncated, no vertices, ...). */
+export function inspectPly(buffer) {
+  buffer = toArrayBuffer(buffer);
   const header = parsePlyHeader(buffer);
   const vertex = header.elements.find((e) => e.name === "vertex");
   const names = new Set(vertex ? vertex.properties.map((p) => p.name) : []);
-  if (header.elements.some((e) => e.name === "chunk") || COMPRESSED_MARKERS.some((m) => names.has(m))) {
-    throw new PlyError(
-      "Compressed splat PLY (SuperSplat / PlayCanvas 'packed_*' format) is not supported: export an uncompressed 3DGS .ply.",
-    );
-  }
+  const compressed = header.elements.some((e) => e.name === "chunk") || COMPRESSED_MARKERS.some((m) => names.has(m));
   if (!vertex) throw new PlyError("Bad PLY: no 'vertex' element, so it holds no points or splats.");
-  for (const c of ["x", "y", "z"]) if (!names.has(c)) throw new PlyError(`Bad PLY: the vertex element has no '${c}' property.`);
-  const n = vertex.count;
-  if (n === 0) throw new PlyError("Empty PLY: the file holds 0 vertices.");
+  if (!compressed) {
+    for (const c of ["x", "y", "z"]) if (!names.has(c)) throw new PlyError(`Bad PLY: the vertex element has no '${c}' property.`);
+  }
+  if (vertex.count === 0) throw new PlyError("Empty PLY: the file holds 0 vertices.");
+  if (header.format !== "ascii") vertexLayout(buffer, header, vertex);
+  const isSplat = compressed || SPLAT_PROPS.every((p) => names.has(p));
+  const nRest = [...names].filter((p) => p.startsWith("f_rest_")).length;
+  return {
+    kind: isSplat ? "splats" : "points",
+    count: vertex.count,
+    format: header.format,
+    shDegree: isSplat && !compressed ? Math.round(Math.sqrt(nRest / 3 + 1)) - 1 : 0,
+    compressed,
+  };
+}
 
-  const isSplat = ["scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"].every((p) => names.has(p));
+/** Positions and colours of a PLY's vertices (point clouds; also the centres and DC colours of splat PLYs). */
+export function parsePly(buffer) {
+  buffer = toArrayBuffer(buffer);
+  const info = inspectPly(buffer);
+  if (info.compressed) throw new PlyError("Compressed splat PLY: decode it with the splat viewer, not as points.");
+  const header = parsePlyHeader(buffer);
+  const vertex = header.elements.find((e) => e.name === "vertex");
+  const names = new Set(vertex.properties.map((p) => p.name));
+  const n = vertex.count;
+  const isSplat = info.kind === "splats";
   const hasDc = ["f_dc_0", "f_dc_1", "f_dc_2"].every((p) => names.has(p));
   const rgbNames = names.has("red") ? ["red", "green", "blue"] : names.has("r") ? ["r", "g", "b"] : null;
   const hasRgb = rgbNames && rgbNames.every((p) => names.has(p));
   const wanted = ["x", "y", "z"];
-  if (isSplat) wanted.push("scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3");
   if (isSplat && names.has("opacity")) wanted.push("opacity");
   if (hasDc) wanted.push("f_dc_0", "f_dc_1", "f_dc_2");
   else if (hasRgb) wanted.push(...rgbNames);
@@ -227,51 +252,17 @@ export function parsePly(buffer) {
   } else {
     colors.fill(0.5);
   }
-
-  const result = {
-    kind: isSplat ? "splats" : "points",
+  if (cols.opacity) for (let i = 0; i < n; i++) opacities[i] = sigmoid(cols.opacity[i]);
+  else opacities.fill(1);
+  return {
+    kind: info.kind,
     count: n,
     positions,
     colors,
     opacities,
-    covariances: null,
     format: header.format,
-    shDegree: 0,
+    shDegree: info.shDegree,
     hasConfidence: !isSplat && names.has("confidence"),
     nonFinite: bad,
   };
-  if (!isSplat) {
-    opacities.fill(1);
-    return result;
-  }
-  const nRest = [...names].filter((p) => p.startsWith("f_rest_")).length;
-  result.shDegree = Math.round(Math.sqrt(nRest / 3 + 1)) - 1;
-  if (cols.opacity) for (let i = 0; i < n; i++) opacities[i] = sigmoid(cols.opacity[i]);
-  else opacities.fill(1);
-  const cov = new Float32Array(6 * n);
-  const { scale_0: s0, scale_1: s1, scale_2: s2, rot_0: q0, rot_1: q1, rot_2: q2, rot_3: q3 } = cols;
-  for (let i = 0; i < n; i++) {
-    // quaternion wxyz (scalar first), normalised; scale = exp(log scale)
-    let w = q0[i], qx = q1[i], qy = q2[i], qz = q3[i];
-    const len = Math.hypot(w, qx, qy, qz) || 1;
-    w /= len; qx /= len; qy /= len; qz /= len;
-    const sx = Math.exp(s0[i]), sy = Math.exp(s1[i]), sz = Math.exp(s2[i]);
-    // rotation matrix rows
-    const r00 = 1 - 2 * (qy * qy + qz * qz), r01 = 2 * (qx * qy - w * qz), r02 = 2 * (qx * qz + w * qy);
-    const r10 = 2 * (qx * qy + w * qz), r11 = 1 - 2 * (qx * qx + qz * qz), r12 = 2 * (qy * qz - w * qx);
-    const r20 = 2 * (qx * qz - w * qy), r21 = 2 * (qy * qz + w * qx), r22 = 1 - 2 * (qx * qx + qy * qy);
-    // M = R S ; Sigma = M M^T
-    const m00 = r00 * sx, m01 = r01 * sy, m02 = r02 * sz;
-    const m10 = r10 * sx, m11 = r11 * sy, m12 = r12 * sz;
-    const m20 = r20 * sx, m21 = r21 * sy, m22 = r22 * sz;
-    const o = 6 * i;
-    cov[o] = m00 * m00 + m01 * m01 + m02 * m02;
-    cov[o + 1] = m00 * m10 + m01 * m11 + m02 * m12;
-    cov[o + 2] = m00 * m20 + m01 * m21 + m02 * m22;
-    cov[o + 3] = m10 * m10 + m11 * m11 + m12 * m12;
-    cov[o + 4] = m10 * m20 + m11 * m21 + m12 * m22;
-    cov[o + 5] = m20 * m20 + m21 * m21 + m22 * m22;
-  }
-  result.covariances = cov;
-  return result;
 }

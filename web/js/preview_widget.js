@@ -1,16 +1,31 @@
-// The previewer's DOM element (canvas + toolbar + message line), independent of ComfyUI so it can be tested alone.
-// createPreviewElement({fetchFile(entry) -> Promise<ArrayBuffer>}) -> {element, showEntries(entries), show(buffer,
-// name), renderer, dispose()}. Errors (unreadable file, no WebGL2) are shown as text in the element.
-import { parsePly, PlyError } from "./ply_parser.js";
-import { SplatRenderer } from "./splat_renderer.js";
+// The previewer's DOM element (toolbar, banner, canvas, message line), independent of ComfyUI so it can be tested
+// alone. createPreviewElement({fetchFile(entry) -> Promise<ArrayBuffer>}) -> {element, showEntries(entries,
+// {untrained}), show(buffer, name), viewer, dispose()}. The 3D view (Spark + three.js, splat_viewer.js) is created
+// on the first file. Errors (unreadable file, no WebGL2) are shown as text in the element.
+import { inspectPly, parsePly, PlyError } from "./ply_parser.js";
+import { SPARK_TYPES, SplatViewer } from "./splat_viewer.js";
 
-const WORKER_URL = new URL("./sort_worker.js", import.meta.url);
+export const UNTRAINED_TEXT = "Untrained test models: this scene is random noise (a plumbing test), not a result.";
+const HELP = "Left drag: orbit · right drag: pan · wheel: zoom · W A S D / Q E: fly (Shift: faster) · double click: " +
+  "reset view";
 
 function el(tag, style, text) {
   const e = document.createElement(tag);
   if (style) Object.assign(e.style, style);
   if (text !== undefined) e.textContent = text;
   return e;
+}
+
+function button(label, title, onClick) {
+  const b = el("button", { fontSize: "11px", padding: "0 6px", cursor: "pointer" }, label);
+  b.title = title;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function formatBounds(bounds) {
+  const f = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toPrecision(2));
+  return ["x", "y", "z"].map((a, i) => `${a} ${f(bounds.full.min[i])}…${f(bounds.full.max[i])}`).join(" ");
 }
 
 export function createPreviewElement(options = {}) {
@@ -20,15 +35,23 @@ export function createPreviewElement(options = {}) {
     fontFamily: "sans-serif", fontSize: "12px", color: "#ddd",
   });
   root.className = "vist3a-splat-preview";
-  const bar = el("div", { display: "flex", gap: "6px", alignItems: "center", padding: "3px 6px", flex: "0 0 auto" });
-  const select = el("select", { display: "none", maxWidth: "50%", fontSize: "11px" });
-  const info = el("span", { flex: "1 1 auto", overflow: "hidden", whiteSpace: "nowrap", textOverflow: "ellipsis", opacity: "0.8" });
+  const bar = el("div", { display: "flex", gap: "4px", alignItems: "center", padding: "3px 6px", flex: "0 0 auto",
+    flexWrap: "wrap" });
+  const select = el("select", { display: "none", maxWidth: "40%", fontSize: "11px" });
+  const info = el("span", { flex: "1 1 auto", overflow: "hidden", whiteSpace: "nowrap", textOverflow: "ellipsis",
+    opacity: "0.8", minWidth: "60px" });
   info.className = "vist3a-info";
-  const reset = el("button", { fontSize: "11px", padding: "0 6px" }, "Reset view");
-  reset.title = "Left drag: orbit · right/middle drag or shift+drag: pan · wheel: zoom · double click: reset";
-  bar.append(select, info, reset);
+  const bounds = el("div", { padding: "0 6px 2px", fontSize: "10px", opacity: "0.6", whiteSpace: "nowrap",
+    overflow: "hidden", textOverflow: "ellipsis", flex: "0 0 auto" });
+  bounds.className = "vist3a-bounds";
+  const banner = el("div", { display: "none", padding: "3px 8px", background: "#7a4b00", color: "#fff3d6",
+    fontWeight: "bold", fontSize: "11px", flex: "0 0 auto" }, UNTRAINED_TEXT);
+  banner.className = "vist3a-untrained";
   const stage = el("div", { position: "relative", flex: "1 1 auto", minHeight: "0" });
-  const canvas = el("canvas", { width: "100%", height: "100%", display: "block", touchAction: "none", cursor: "grab" });
+  const canvas = el("canvas", { width: "100%", height: "100%", display: "block", touchAction: "none", cursor: "grab",
+    outline: "none" });
+  canvas.tabIndex = 0;
+  canvas.title = HELP;
   const message = el("div", {
     position: "absolute", inset: "0", display: "none", alignItems: "center", justifyContent: "center",
     padding: "12px", textAlign: "center", color: "#ffb4a8", background: "rgba(20,20,22,0.88)", whiteSpace: "pre-wrap",
@@ -36,11 +59,44 @@ export function createPreviewElement(options = {}) {
   });
   message.className = "vist3a-message";
   stage.append(canvas, message);
-  root.append(bar, stage);
 
-  let renderer = null;
+  let viewer = null;
   let entries = [];
   let loadToken = 0;
+  let turntable = false;
+  let background = "#1c1c1e";
+  const timings = {};
+
+  const turntableButton = button("⟳ Turntable", "Turn the scene slowly (toggle)", () => {
+    turntable = !turntable;
+    turntableButton.style.background = turntable ? "#3a6" : "";
+    viewer?.setTurntable(turntable);
+  });
+  const colour = el("input", { width: "22px", height: "18px", padding: "0", border: "none", background: "none" });
+  colour.type = "color";
+  colour.value = background;
+  colour.title = "Background colour";
+  colour.addEventListener("input", () => {
+    background = colour.value;
+    root.style.background = background;
+    viewer?.setBackground(background);
+  });
+  const shot = button("PNG", "Save a screenshot of the view as PNG", async () => {
+    if (!viewer) return;
+    const blob = await viewer.screenshot();
+    const a = el("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = `${(entries[Number(select.value) || 0]?.filename || "splats").replace(/\.[^.]+$/, "")}.png`;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  });
+  const full = button("Fullscreen", "Fill the screen with the view (Esc to leave)", () => {
+    if (document.fullscreenElement === root) document.exitFullscreen?.();
+    else root.requestFullscreen?.();
+  });
+  const reset = button("Reset view", HELP, () => viewer?.resetView());
+  bar.append(select, info, reset, turntableButton, colour, shot, full);
+  root.append(bar, banner, bounds, stage);
 
   function showMessage(text, isError = true) {
     message.textContent = text;
@@ -49,38 +105,44 @@ export function createPreviewElement(options = {}) {
     root.dataset.state = text ? (isError ? "error" : "loading") : "ready";
   }
 
-  function ensureRenderer() {
-    if (!renderer) {
-      renderer = new SplatRenderer(canvas, { workerUrl: options.workerUrl === undefined ? WORKER_URL : options.workerUrl,
-        preserveDrawingBuffer: !!options.preserveDrawingBuffer });
+  async function ensureViewer() {
+    if (!viewer) {
+      viewer = await SplatViewer.create(canvas, { preserveDrawingBuffer: !!options.preserveDrawingBuffer,
+        background });
+      viewer.setTurntable(turntable);
     }
-    return renderer;
+    return viewer;
   }
 
-  /** Parse and show one PLY file already in memory. */
-  function show(buffer, name = "file") {
-    let scene;
+  /** Show one file already in memory (any format Spark reads; PLY point clouds as points). */
+  async function show(buffer, name = "file") {
     const t0 = performance.now();
+    const ext = String(name).split(".").pop().toLowerCase();
+    let shown;
     try {
-      scene = parsePly(buffer);
+      const v = await ensureViewer();
+      if (ext === "ply") {
+        const ply = inspectPly(buffer);
+        shown = ply.kind === "points" ? v.showPoints(parsePly(buffer)) : await v.showSplats(buffer, name);
+      } else if (ext in SPARK_TYPES) {
+        shown = await v.showSplats(buffer, name);
+      } else {
+        throw new PlyError(`Unknown file type '.${ext}': the previewer shows .ply, .spz, .splat, .ksplat and .sog.`);
+      }
     } catch (err) {
-      const text = err instanceof PlyError ? err.message : `Unexpected error: ${err?.message || err}`;
+      const text = err instanceof PlyError ? err.message : `${err?.message || err}`;
       showMessage(`Cannot preview ${name}:\n${text}`);
       info.textContent = name;
+      bounds.textContent = "";
       return null;
     }
-    const t1 = performance.now();
-    try {
-      ensureRenderer().setScene(scene);
-    } catch (err) {
-      showMessage(`Cannot preview ${name}:\n${err?.message || err}`);
-      return null;
-    }
-    const what = scene.kind === "splats" ? "splats" : "points";
-    info.textContent = `${name} · ${scene.count.toLocaleString()} ${what}`;
+    if (!shown) return null;
+    const what = shown.kind === "splats" ? `splats · SH ${shown.shDegree}` : "points";
+    info.textContent = `${name} · ${shown.count.toLocaleString("en-US")} ${what}`;
+    bounds.textContent = `bounds ${formatBounds(shown.bounds)}`;
+    timings.showMs = performance.now() - t0;
     showMessage("");
-    api.timings = { parseMs: t1 - t0, uploadMs: performance.now() - t1 };
-    return scene;
+    return shown;
   }
 
   async function load(index) {
@@ -98,12 +160,14 @@ export function createPreviewElement(options = {}) {
       return;
     }
     if (token !== loadToken) return;
-    const fetchMs = performance.now() - t0;
-    if (show(buffer, entry.filename)) api.timings.fetchMs = fetchMs;
+    timings.fetchMs = performance.now() - t0;
+    await show(buffer, entry.filename);
   }
 
-  function showEntries(list) {
+  function showEntries(list, { untrained = false } = {}) {
     entries = list.slice();
+    banner.style.display = untrained ? "" : "none";
+    root.dataset.untrained = untrained ? "1" : "0";
     select.textContent = "";
     entries.forEach((e, i) => select.append(new Option(e.filename, String(i))));
     select.style.display = entries.length > 1 ? "" : "none";
@@ -112,25 +176,25 @@ export function createPreviewElement(options = {}) {
   }
 
   select.addEventListener("change", () => load(Number(select.value)));
-  reset.addEventListener("click", () => renderer?.resetView());
-  for (const type of ["pointerdown", "wheel", "contextmenu"]) {
-    // keep the graph canvas from panning / zooming while the user works in the preview
+  canvas.addEventListener("dblclick", () => viewer?.resetView());
+  for (const type of ["pointerdown", "wheel", "contextmenu", "keydown", "keyup"]) {
+    // keep the graph canvas from panning / zooming (and its shortcuts from firing) while working in the preview
     root.addEventListener(type, (e) => e.stopPropagation(), { passive: true });
   }
 
-  const api = {
+  return {
     element: root,
     canvas,
     showEntries,
     show,
     showMessage,
-    get renderer() { return renderer; },
+    timings,
+    get viewer() { return viewer; },
     dispose() {
       loadToken++;
-      renderer?.dispose();
-      renderer = null;
+      viewer?.dispose();
+      viewer = null;
       root.remove();
     },
   };
-  return api;
 }

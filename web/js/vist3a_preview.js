@@ -1,9 +1,10 @@
 // VIST3A splat / point-cloud previewer: ComfyUI frontend extension.
 //
 // ComfyUI serves this pack's web/ folder at /extensions/<pack>/ and imports every .js in it as an ES module, so this
-// file (web/js/) reaches the frontend's modules three levels up. It attaches a DOM widget with our WebGL2 renderer to
-// the VIST3A save/preview nodes and to any node whose execution output carries `vist3a_splats` or `vist3a_points`
-// ([{filename, subfolder, type}] of .ply files), and loads the files through ComfyUI's /view endpoint.
+// file (web/js/) reaches the frontend's modules three levels up. It attaches a DOM widget with the Spark-based viewer
+// (preview_widget.js, splat_viewer.js) to the VIST3A save/preview nodes and to any node whose execution output carries
+// `vist3a_splats` or `vist3a_points` ([{filename, subfolder, type}] of .ply / .spz / .splat / .ksplat / .sog files;
+// `vist3a_untrained: [true]` shows a banner), and loads the files through ComfyUI's /view endpoint.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { createPreviewElement } from "./preview_widget.js";
@@ -11,6 +12,7 @@ import { createPreviewElement } from "./preview_widget.js";
 // Node ids whose saved output is restored on workflow load; any node whose output carries one of UI_KEYS is previewed.
 const NODE_IDS = new Set(["SaveSplatPLY", "PreviewSplat", "VIST3APreviewSplats", "SavePointmapPLY", "SavePointCloudPLY"]);
 const UI_KEYS = ["vist3a_splats", "vist3a_points"];
+const FILE_PATTERN = /\.(ply|spz|splat|ksplat|sog)$/i;
 const WIDGET_NAME = "vist3a_preview";
 
 /** URL of a saved file through ComfyUI's /view endpoint. */
@@ -53,22 +55,27 @@ function ensurePreview(node) {
   return preview;
 }
 
-/** The .ply entries of a node output (UI payload), or null. */
+/** The previewable file entries of a node output (UI payload), or null. */
 function plyEntries(output) {
   if (!output) return null;
   const all = UI_KEYS.flatMap((k) => (Array.isArray(output[k]) ? output[k] : []));
-  const ply = all.filter((e) => e && typeof e.filename === "string" && /\.ply$/i.test(e.filename));
-  return ply.length ? ply : null;
+  const files = all.filter((e) => e && typeof e.filename === "string" && FILE_PATTERN.test(e.filename));
+  return files.length ? files : null;
 }
 
-function showFiles(node, entries) {
+function isUntrained(output) {
+  const flag = output?.vist3a_untrained;
+  return Array.isArray(flag) ? flag.some(Boolean) : !!flag;
+}
+
+function showFiles(node, entries, untrained = false) {
   if (!Array.isArray(entries) || entries.length === 0) return;
   // onExecuted and onNodeOutputsUpdated can both report the same output: load it once
-  const key = JSON.stringify(entries);
+  const key = JSON.stringify([entries, untrained]);
   const now = Date.now();
   if (node.__vist3aLast && node.__vist3aLast.key === key && now - node.__vist3aLast.time < 3000) return;
   node.__vist3aLast = { key, time: now };
-  ensurePreview(node).showEntries(entries);
+  ensurePreview(node).showEntries(entries, { untrained });
 }
 
 function findNode(locatorId) {
@@ -86,7 +93,7 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       const result = onExecuted?.apply(this, arguments);
       const entries = plyEntries(message);
-      if (entries) showFiles(this, entries);
+      if (entries) showFiles(this, entries, isUntrained(message));
       return result;
     };
     if (NODE_IDS.has(nodeData?.name)) {
@@ -94,8 +101,9 @@ app.registerExtension({
       const onConfigure = nodeType.prototype.onConfigure;
       nodeType.prototype.onConfigure = function () {
         const r = onConfigure?.apply(this, arguments);
-        const last = plyEntries(app.nodeOutputs?.[String(this.id)]);
-        if (last) showFiles(this, last);
+        const output = app.nodeOutputs?.[String(this.id)];
+        const last = plyEntries(output);
+        if (last) showFiles(this, last, isUntrained(output));
         return r;
       };
     }
@@ -107,7 +115,7 @@ app.registerExtension({
       const entries = plyEntries(output);
       if (!entries) continue;
       const node = findNode(locatorId);
-      if (node) showFiles(node, entries);
+      if (node) showFiles(node, entries, isUntrained(output));
     }
   },
 });
