@@ -109,7 +109,8 @@ def _search(args) -> int:
     argv = ["--data", str(_world_dir(args)), "--model", "anysplat", "--model-path", str(p["anysplat"]),
             "--vae", "wan", "--vae-path", str(p["vae"]), "--config", MICRO_STITCHING, "--layers", "enc",
             *SIZES, "--samples", str(args.search_samples), "--heldout", str(args.search_heldout),
-            "--seed", str(args.seed), "--out", str(p["search"])] + (["--quiet"] if args.quiet else [])
+            "--seed", str(args.seed), "--numerics", "ours", "--out", str(p["search"])] + (["--quiet"] if args.quiet
+                                                                                          else [])
     return find_stitching_layer.main(argv)
 
 
@@ -145,8 +146,8 @@ def _finetune(args) -> int:
             continue
         init = (["--init-stitching", str(p["search"] / f"stitching_layer_{run['layer']}.safetensors")]
                 if run["init"] == "closed-form" else ["--cut", run["layer"], "--config", MICRO_STITCHING])
-        argv = ["--data", str(_world_dir(args)), "--model", "anysplat", "--model-path", str(p["anysplat"]),
-                "--vae-path", str(p["vae"]), *init, *SIZES, "--frames", "real", "--steps", str(args.finetune_steps),
+        argv = ["--recipe", "paper", "--data", str(_world_dir(args)), "--model", "anysplat", "--model-path",
+                str(p["anysplat"]), "--vae-path", str(p["vae"]), *init, *SIZES, "--frames", "real", "--steps", str(args.finetune_steps),
                 "--warmup", str(max(1, args.finetune_steps // 15)), "--lora-rank", "16", "--lora-alpha", "8",
                 "--seed", str(args.seed), "--save-every", "250", "--keep-last", "1", "--log-every", "250",
                 "--output", str(out)] + (["--quiet"] if args.quiet else [])

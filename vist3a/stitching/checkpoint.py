@@ -356,6 +356,11 @@ def lora_delta_state(decoder: StitchedDecoder) -> tuple[dict[str, Tensor], dict[
     if cfg is None:
         raise ValueError("save_decoder(base_source=...): the decoder has no unmerged LoRA adapter; a merged decoder "
                          "can only be saved with its full weights (omit base_source)")
+    from .lora import LoralibConv2d
+
+    if any(isinstance(m, LoralibConv2d) for m in decoder.modules()):
+        raise ValueError("save_decoder(base_source=...): the decoder has loralib Conv2d LoRA (the official training "
+                         "recipe); save it with its full weights (omit base_source)")
     layers = {f"model.{n}." for n in _lora_layers(decoder.model)}
     state = decoder.state_dict()
     keep = {}
