@@ -215,7 +215,7 @@ def _align(args) -> int:
         with atomic_write(prompts, "w") as fh:
             fh.write("".join(sample_scene("train", i, args.seed).caption + "\n" for i in range(args.align_prompts)))
     _threads(args)
-    argv = ["--wan", str(Path(args.out) / "t2v" / "pipeline"), "--decoder", str(p["finetune"] / best / "decoder"),
+    argv = ["--recipe", "paper", "--wan", str(Path(args.out) / "t2v" / "pipeline"), "--decoder", str(p["finetune"] / best / "decoder"),
             "--clip", str(Path(args.out) / "scorer" / "clip"), "--data", str(_world_dir(args)), "--prompts",
             str(prompts), "--frames", "9", "--height", "64", "--width", "64", "--max-sequence-length", "64",
             "--negative-prompt", "", "--t-min", "10", "--t-max", "20", "--steps", str(args.align_steps),
