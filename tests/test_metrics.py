@@ -225,3 +225,41 @@ def test_load_lpips_finds_local_files(alex, tmp_path, monkeypatch):
     assert isinstance(model, LPIPS)
     x, y = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
     assert torch.equal(model(x, y), alex(x, y))
+
+
+def test_load_lpips_official_prefers_the_lpips_package_then_ours(monkeypatch, alex):
+    import sys
+    import types
+
+    from training import metrics
+
+    calls = []
+
+    class FakeLPIPS(torch.nn.Module):  # the lpips package's class: LPIPS(net=...)(x, y, normalize=True) -> (B,1,1,1)
+        def __init__(self, net, verbose=False):
+            super().__init__()
+            calls.append(net)
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, y, normalize=False):
+            assert normalize
+            return ((x - y).abs().mean(dim=(1, 2, 3)) * self.w).view(-1, 1, 1, 1)
+
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=FakeLPIPS))
+    fn, source = metrics.load_lpips_official("vgg")
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert source == "lpips package" and calls == ["vgg"] and fn.device == torch.device("cpu")
+    torch.testing.assert_close(fn(x, y), (x - y).abs().mean(dim=(1, 2, 3)))
+
+    def broken(net, verbose=False):  # e.g. its torchvision backbone cannot be fetched offline
+        raise RuntimeError("no torchvision weights")
+
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=broken))
+    monkeypatch.setattr(metrics, "load_lpips", lambda net, device=None: alex)
+    fn, source = metrics.load_lpips_official("alex")
+    assert source == "vist3a"
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)  # AlexNet needs more than 16 px
+    torch.testing.assert_close(fn(x, y), alex(x, y, normalize=True))
+    monkeypatch.setattr(metrics, "load_lpips", lambda net, device=None: None)
+    fn, source = metrics.load_lpips_official("vgg")
+    assert fn is None and "not found" in source

@@ -336,12 +336,11 @@ def evaluate_sequence_official(name: str, paths: Sequence[Path], vae, decoder, *
 
 
 def _lpips_device(metric) -> torch.device:
-    model = getattr(metric, "__self__", None)
-    for obj in (metric, model):
-        params = getattr(obj, "parameters", None)
-        if callable(params):
-            return next(params()).device
-    return getattr(metric, "device", torch.device("cpu"))
+    """Where an LPIPS callable wants its inputs: ``metric.device`` (load_lpips_official), a module's parameters."""
+    if hasattr(metric, "device"):
+        return torch.device(metric.device)
+    params = getattr(metric, "parameters", None)
+    return next(params()).device if callable(params) else torch.device("cpu")
 
 
 def plan_official(root: str | Path, index_path: str | Path | None, seq_list: str | Path | None,

@@ -324,7 +324,8 @@ def load_lpips(net: str = "alex", device: str | torch.device | None = None) -> L
 def load_lpips_official(net: str = "vgg", device: str | torch.device | None = None):
     """The LPIPS of AnySplat's / VIST3A's evaluation: ``lpips.LPIPS(net="vgg")`` of the ``lpips`` package when it is
     installed and can build its backbone offline (torchvision weights cached), else :func:`load_lpips` (ours, the
-    same v0.1 weights and formula). Returns ``(metric(pred, target) -> (B,), source)`` with ``source`` one of
+    same v0.1 weights and formula). Returns ``(metric(pred, target) -> (B,), source)`` (``metric.device``: where its
+    inputs go) with ``source`` one of
     ``"lpips package"``, ``"vist3a"``; ``(None, reason)`` when no weights are found."""
     try:
         import lpips as lpips_pkg  # noqa: F401 (optional; pulls torchvision)
@@ -336,6 +337,7 @@ def load_lpips_official(net: str = "vgg", device: str | torch.device | None = No
         def metric(pred: Tensor, target: Tensor) -> Tensor:
             return model(pred, target, normalize=True).reshape(-1)
 
+        metric.device = torch.device(device) if device is not None else torch.device("cpu")
         return metric, "lpips package"
     except Exception as err:  # not installed, or its torchvision backbone is not available offline
         logger.info("lpips package unavailable (%s: %s); using vist3a's LPIPS with the same v0.1 weights",
@@ -343,4 +345,8 @@ def load_lpips_official(net: str = "vgg", device: str | torch.device | None = No
     ours = load_lpips(net, device=device)
     if ours is None:
         return None, f"LPIPS({net}) weights not found locally (see training/metrics.py load_lpips)"
-    return (lambda pred, target: ours(pred, target, normalize=True)), "vist3a"
+    def metric_ours(pred: Tensor, target: Tensor) -> Tensor:
+        return ours(pred, target, normalize=True)
+
+    metric_ours.device = next(ours.parameters()).device
+    return metric_ours, "vist3a"
