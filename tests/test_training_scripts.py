@@ -28,4 +28,5 @@ def test_script_runs_as_a_file_from_anywhere(script, tmp_path):
     res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env,
                          timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == [str(REPO_ROOT / "vist3a" / "__init__.py"), str(REPO_ROOT / "training" / "__init__.py")]
+    want = [str(REPO_ROOT / "vist3a" / "__init__.py"), str(REPO_ROOT / "training" / "__init__.py")]
+    assert res.stdout.split() == want
