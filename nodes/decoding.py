@@ -199,6 +199,10 @@ class LoadStitchedDecoder:
             "dtype": (["auto", "fp32", "bf16", "fp16"],
                       _tip("Weights precision; auto keeps fp32 (published). bf16 halves memory.")),
             "device": (["auto", "cpu"], _tip("auto: ComfyUI's GPU with offloading; cpu: always on the CPU.")),
+        }, "optional": {
+            "gaussians": (["follow config", "per pixel"],
+                          _tip("follow config: voxel-fuse the Gaussians when the base AnySplat config says "
+                               "voxelize (as the official code); per pixel: always one Gaussian per pixel.")),
         }}
 
     @classmethod
@@ -211,8 +215,13 @@ class LoadStitchedDecoder:
 
         return _errors.validation("LoadStitchedDecoder", check)
 
-    def load(self, decoder, dtype="auto", device="auto"):
-        return (build_decoder("LoadStitchedDecoder", decoder, dtype, device),)
+    def load(self, decoder, dtype="auto", device="auto", gaussians="follow config"):
+        handle = build_decoder("LoadStitchedDecoder", decoder, dtype, device)
+        if gaussians == "per pixel":
+            from vist3a.stitching.checkpoint import use_per_pixel_gaussians
+
+            use_per_pixel_gaussians(handle.decoder)
+        return (handle,)
 
 
 # ============================================================================================ decoding helpers

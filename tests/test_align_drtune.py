@@ -249,3 +249,98 @@ def test_help_describes_the_algorithm():
     text = build_parser().format_help()
     for flag in ("--t-min", "--grad-steps", "--grad-last", "--reward", "--fsdp", "--resume", "--preset"):
         assert flag in text
+
+
+# ============================================================================================ recipes
+def test_official_plan_long_rollouts_and_the_last_step():
+    import random
+
+    from training.align_drtune import sample_plan
+
+    c = _config(t_min=10, t_max=50, plan="official", grad_last=True)
+    c.check()
+    for step in range(40):
+        steps, chosen = sample_plan(random.Random(step), c, step)
+        assert 10 <= steps <= 50 and (steps == 50 if step % 10 == 0 else True)
+        assert steps - 1 in chosen and len(chosen) in (2, 3) and all(0 <= i < steps for i in chosen)
+    # the two random steps are drawn from ALL T steps, so the last is sometimes one of them (then 2 in total)
+    sizes = {len(sample_plan(random.Random(s), _config(t_min=3, t_max=3, plan="official"), 1)[1]) for s in range(60)}
+    assert sizes == {2, 3}
+    # the paper plan never forces T2 and never draws the final step among the K
+    paper = _config(t_min=10, t_max=50, grad_last=True)
+    plans = [sample_plan(random.Random(s), paper, 0) for s in range(30)]
+    assert any(t < 50 for t, _ in plans) and all(len(c) == 3 and c[-1] == t - 1 and c[-2] < t - 1 for t, c in plans)
+
+
+def test_ema_warmup_and_uniform_flow_sigma():
+    from training.align_drtune import AdapterEMA, flow_matching_loss
+
+    p = {"w": torch.zeros(3)}
+    ema = AdapterEMA(p, 0.99, warmup=True)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(1000) == 0.99
+    ema.update({"w": torch.ones(3)}, step=0)
+    assert torch.allclose(ema.shadow["w"], torch.full((3,), 0.9))
+    assert AdapterEMA(p, 0.99).decay_at(0) == 0.99
+
+    seen = []
+
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
+            seen.append(timestep.clone())
+            return (hidden_states * 0,)
+
+    x0 = torch.randn(2, 16, 1, 2, 2)
+    for shift in (None, 3.0):
+        flow_matching_loss(Oracle(), x0, torch.zeros(2, 4, 8), torch.Generator().manual_seed(5), shift)
+    g = torch.Generator().manual_seed(5)
+    torch.randn(x0.shape, generator=g)
+    u = torch.rand(2, generator=g)
+    torch.testing.assert_close(seen[0], 1000 * u)  # no shift: sigma = u
+    torch.testing.assert_close(seen[1], 1000 * (3 * u / (1 + 2 * u)))
+
+
+def test_camera_prompts():
+    import random
+
+    from training.align_drtune import CAMERA_TEMPLATES, camera_prompt
+
+    assert len(CAMERA_TEMPLATES) == 81 and len(set(CAMERA_TEMPLATES)) == 81
+    assert all(t.count("{p}") == 1 for t in CAMERA_TEMPLATES)
+    texts = {camera_prompt("a red car", random.Random(i)) for i in range(200)}
+    assert len(texts) > 50 and all("`a red car`" in t for t in texts)
+
+
+def test_recipes_set_the_released_or_the_paper_settings(tmp_path):
+    from training.align_drtune import build_parser, config_from_args
+
+    def cfg(*argv):
+        return config_from_args(build_parser().parse_args(["--preset", "tiny", "--output", str(tmp_path), *argv]))
+
+    off = cfg()
+    assert off.recipe == "official" and off.flow_shift == 3.0 and off.plan == "official" and off.grad_last
+    assert off.grad_clip == 1.0 and off.negative_prompt == "" and off.camera_prompts and off.prompt_template == ""
+    assert off.gen_sigma == "uniform" and not off.gen_template and off.betas == (0.9, 0.95) and off.ema_warmup
+    assert off.weight_decay == 0.0 and off.gen_batch_size == 4 and off.views == off.num_frames == 9
+    assert off.render_background == (1.0, 1.0, 1.0)
+    assert config_from_args(build_parser().parse_args(["--output", "x"])).max_sequence_length == 226
+    paper = cfg("--recipe", "paper")
+    assert paper.flow_shift == 5.0 and paper.plan == "paper" and not paper.grad_last and paper.grad_clip == 0.1
+    assert paper.views == 2 and paper.gen_sigma == "shifted" and paper.betas == (0.9, 0.999) and paper.prompt_template
+    assert cfg("--grad-clip", "0.5", "--views", "3", "--flow-shift", "5").grad_clip == 0.5  # explicit options win
+
+
+def test_cli_official_recipe_tiny_run(tmp_path):
+    from training import align_drtune
+
+    out = tmp_path / "run"
+    assert align_drtune.main(["--preset", "tiny", "--output", str(out), "--steps", "1", "--t-min", "2", "--t-max",
+                              "2", "--quiet", "--samples", "8"]) == 0
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(line["rewards"]) == {"official"} and line["rewards"]["official"] < 0 and line["gen_loss"] > 0
+    assert line["steps"] == 2 and line["grad_steps"][-1] == 1
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["recipe"] == "official" and cfg["negative_prompt"] == ""

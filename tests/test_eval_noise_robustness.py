@@ -20,7 +20,7 @@ def test_perturb_definition():
     eps = torch.randn(z.shape, generator=g)
     assert noise.perturb(z, 0.0, eps) is z
     for alpha in (0.1, 0.5):
-        d = noise.perturb(z, alpha, eps) - z
+        d = noise.perturb(z, alpha, eps, "rms") - z
         ratio = d.flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)  # per sample: ~alpha with the RMS norm
         assert torch.allclose(ratio, torch.full((2,), alpha), rtol=0.05)
     rms = noise.latent_norm(z, "rms").flatten()
@@ -28,6 +28,10 @@ def test_perturb_definition():
     assert torch.allclose(fro, z.flatten(1).norm(dim=1)) and torch.allclose(rms, fro / math.sqrt(z[0].numel()))
     assert torch.allclose(noise.perturb(z, 0.1, eps, "frobenius") - z, 0.1 * fro.view(2, 1, 1, 1, 1) * eps,
                           rtol=1e-4, atol=1e-4)
+    # the default is the paper's literal reading (Frobenius), with its alpha range
+    assert torch.equal(noise.perturb(z, 2e-4, eps), noise.perturb(z, 2e-4, eps, "frobenius"))
+    assert noise.build_parser().parse_args(["--output", "x"]).norm == "frobenius"
+    assert max(noise.parse_alphas(noise.DEFAULT_ALPHAS)) <= 1e-3 and 1e-4 in noise.parse_alphas(noise.DEFAULT_ALPHAS)
     with pytest.raises(ValueError, match="rms"):
         noise.latent_norm(z, "l1")
     with pytest.raises(ValueError, match="shape"):
@@ -97,7 +101,7 @@ def test_alpha_zero_equals_clean_stitched_decoding(tiny):
 def test_end_to_end_tiny(tmp_path):
     out = tmp_path / "out"
     rc = noise.main(["--preset", "tiny", "--synthetic", "--clips", "2", "--alphas", "0,0.5", "--render-views", "2",
-                     "--output", str(out), "--quiet"])
+                     "--norm", "rms", "--output", str(out), "--quiet"])
     assert rc == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert sorted(p.name for p in out.iterdir()) == ["noise_depth.png", "noise_psnr.png", "noise_results.json",

@@ -4,6 +4,7 @@ errors and a tiny end-to-end run."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -171,7 +172,8 @@ def test_end_to_end_tiny(seq_root, tmp_path):
     index.write_text(json.dumps({"seq_000": {"context": [0, 2, 4, 6, 9, 11, 13, 15], "target": [1, 5, 10, 14]},
                                  "seq_001": None}))
     out = tmp_path / "out"
-    rc = eval_nvs.main(["--preset", "tiny", "--data", str(seq_root), "--output", str(out), "--quiet"])
+    rc = eval_nvs.main(["--preset", "tiny", "--data", str(seq_root), "--output", str(out), "--quiet", "--protocol",
+                        "sim3"])
     assert rc == 0
     report = json.loads((out / "nvs_results.json").read_text())
     assert {"settings", "overall", "sequences", "notes"} <= set(report)
@@ -194,7 +196,7 @@ def test_end_to_end_tiny(seq_root, tmp_path):
     # an index file selects sequences and views
     out2 = tmp_path / "out2"
     assert eval_nvs.main(["--preset", "tiny", "--data", str(seq_root), "--index", str(index), "--output", str(out2),
-                          "--quiet", "--no-lpips"]) == 0
+                          "--quiet", "--no-lpips", "--protocol", "sim3"]) == 0
     report = json.loads((out2 / "nvs_results.json").read_text())
     assert [r["sequence"] for r in report["sequences"]] == ["seq_000"]
     assert report["sequences"][0]["target"] == [1, 5, 10, 14]
@@ -211,5 +213,87 @@ def test_cli_errors_and_interrupt(seq_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(eval_nvs, "evaluate_sequence", interrupted)
     out = tmp_path / "int"
-    assert eval_nvs.main(["--preset", "tiny", "--data", str(seq_root), "--output", str(out), "--quiet"]) == 130
+    assert eval_nvs.main(["--preset", "tiny", "--data", str(seq_root), "--output", str(out), "--quiet",
+                          "--protocol", "sim3"]) == 130
     assert not out.exists() or not any(out.iterdir())
+
+
+# ============================================================================================ official protocol
+def test_official_resize_is_the_released_formula_with_its_width_height_swap():
+    from PIL import Image
+
+    from training.eval_data import official_resize
+
+    g = torch.Generator().manual_seed(0)
+    img = Image.fromarray((torch.rand(20, 40, 3, generator=g) * 255).to(torch.uint8).numpy())  # 40 wide, 20 high
+    vid, model = official_resize(img, 16, 14)
+    lz = Image.Resampling.LANCZOS
+    # released: scale 16/20; (H, W) = size = (40, 20) -> resize to (width 16, height 32), crop rows 8..24
+    want = img.resize((16, 32), resample=lz).crop((0, 8, 16, 24))
+    to_t = lambda im: torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255  # noqa: E731
+    assert torch.equal(vid, to_t(want))
+    assert torch.equal(model, to_t(want.resize((14, 14), resample=lz)))
+    vid_a, _ = official_resize(img, 16, 14, aspect=True)  # keeps the aspect: (32 x 16), crop columns 8..24
+    assert torch.equal(vid_a, to_t(img.resize((32, 16), resample=lz).crop((8, 0, 24, 16))))
+
+
+def test_quantize_8bit_truncates_like_save_image():
+    x = torch.tensor([-0.2, 0.0, 0.5, 0.9999, 1.0, 1.7, 3 / 255])
+    want = torch.tensor([0, 0, 127, 254, 255, 255, int(torch.tensor(3 / 255) * 255)]).float() / 255
+    assert torch.equal(eval_nvs.quantize_8bit(x), want)
+
+
+def test_official_target_cameras_rescale_translation_and_denormalise_intrinsics():
+    ctx1 = torch.eye(4).repeat(9, 1, 1)
+    ctx1[:, :3, 3] = torch.arange(27.0).view(9, 3) / 10 + 0.1
+    joint = torch.eye(4).repeat(13, 1, 1)
+    joint[:9, :3, 3] = ctx1[:, :3, 3] / 2  # pass 2 sees the scene at half the scale
+    joint[9:, :3, 3] = torch.tensor([[1.0, 2.0, 3.0]] * 4)
+    k = torch.tensor([[1.1, 0.0, 0.5], [0.0, 1.2, 0.5], [0.0, 0.0, 1.0]]).repeat(13, 1, 1)
+    cams, scale = eval_nvs.official_target_cameras(ctx1, joint, k, 9, 448, 448)
+    assert scale == pytest.approx(2.0) and len(cams) == 4
+    torch.testing.assert_close(cams.c2w[:, :3, 3], torch.tensor([[2.0, 4.0, 6.0]] * 4))
+    torch.testing.assert_close(cams.K[0], torch.tensor([[1.1 * 448, 0, 224], [0, 1.2 * 448, 224], [0, 0, 1.0]]))
+    assert eval_nvs.official_split(12) == ([0, 1, 2, 3, 4, 5, 6, 7], [11, 10, 9, 8])
+
+
+def _official_layout(seq_root, tmp_path):
+    """The released RE10K test export (ROOT/<seq>/annotations.json, filepath relative to ROOT) of the synthetic
+    sequences, and an index map with 12 ids per sequence."""
+    root = tmp_path / "re10k"
+    index = {}
+    for folder in sorted(p for p in seq_root.iterdir() if p.is_dir()):
+        seq = read_sequence(folder)
+        (root / folder.name).mkdir(parents=True)
+        annos = []
+        for i, img in enumerate(seq.images):
+            rel = f"{folder.name}/{i:05d}{img.suffix}"
+            (root / rel).write_bytes(img.read_bytes())
+            annos.append({"idx": i, "filepath": rel, "intrinsics": torch.eye(3).tolist(),
+                          "extrinsics": torch.eye(4).tolist()})
+        (root / folder.name / "annotations.json").write_text(json.dumps(annos))
+        index[folder.name] = [0, 2, 4, 6, 9, 11, 13, 15, 1, 5, 10, 14]
+    (tmp_path / "indexmap.json").write_text(json.dumps(index))
+    return root, tmp_path / "indexmap.json"
+
+
+def test_end_to_end_official_protocol_on_the_released_layout(seq_root, tmp_path):
+    root, index = _official_layout(seq_root, tmp_path)
+    out = tmp_path / "out"
+    assert eval_nvs.main(["--preset", "tiny", "--data", str(root), "--index", str(index), "--output", str(out),
+                          "--quiet", "--no-lpips"]) == 0
+    report = json.loads((out / "nvs_results.json").read_text())
+    assert report["settings"]["protocol"] == "official" and report["settings"]["background"] == [1.0, 1.0, 1.0]
+    assert [r["sequence"] for r in report["sequences"]] == ["seq_000", "seq_001"]
+    for r in report["sequences"]:
+        assert r["target"] == [11, 10, 9, 8] and r["padded_context"] == [0, 1, 2, 3, 4, 5, 6, 7, 7]
+        assert len(r["views"]["psnr"]) == 4 and math.isfinite(r["alignment"]["scale"])
+        assert all(0 < v <= 1 for v in r["views"]["ssim"])
+    # our folder layout with the same index map reads the same frames: identical numbers
+    out2 = tmp_path / "out2"
+    assert eval_nvs.main(["--preset", "tiny", "--data", str(seq_root), "--index", str(index), "--output", str(out2),
+                          "--quiet", "--no-lpips"]) == 0
+    again = json.loads((out2 / "nvs_results.json").read_text())
+    assert again["overall"] == report["overall"]
+    # no index map: a clear error before any model is built
+    assert eval_nvs.main(["--preset", "tiny", "--data", str(root), "--output", str(tmp_path / "o")]) == 2

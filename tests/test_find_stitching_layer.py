@@ -16,7 +16,8 @@ from vist3a.stitching.layer import StitchingLayer, to_rows
 from vist3a.stitching.search import LayerSearch, solve_ridge
 
 LAYERS = ["enc_blocks_1", "enc_blocks_2", "enc_blocks_3"]
-ARGS = ["--tiny", "--synthetic", "--samples", "6", "--heldout", "2", "--batch-size", "2", "--quiet"]
+ARGS = ["--tiny", "--synthetic", "--samples", "6", "--heldout", "2", "--batch-size", "2", "--quiet", "--numerics",
+        "ours"]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,16 @@ def test_ranking_json_and_csv(run_dir):
     assert [r["layer"] for r in rows] == [r["layer"] for r in doc["ranking"]]
     assert list(rows[0]) == ["rank", "layer", "train_mse", "heldout_mse", "cka"]
     assert float(rows[0]["heldout_mse"]) == pytest.approx(held[0], rel=1e-8)
+
+
+def test_official_numerics_are_the_default_and_rank_by_training_mse(tmp_path):
+    out = tmp_path / "official"
+    args = [a for a in ARGS if a not in ("--numerics", "ours")]
+    assert fsl.main([*args, "--layers", "enc_blocks_1,enc_blocks_2", "--out", str(out)]) == 0
+    doc = json.loads((out / "ranking.json").read_text())
+    assert doc["numerics"] == "official" and doc["ranked_by"] == "train_mse"
+    train = [r["train_mse"] for r in doc["ranking"]]
+    assert train == sorted(train) and all(r["heldout_mse"] is not None for r in doc["ranking"])
 
 
 def test_png_is_valid(run_dir):

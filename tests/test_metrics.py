@@ -12,9 +12,10 @@ from training.metrics import LPIPS, load_lpips, psnr, ssim
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _ssim_reference(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+def _ssim_reference(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sample: bool = False) -> float:
     """Wang et al. 2004 with a full 2D 11x11 Gaussian window (sigma 1.5), valid positions only, float64 numpy,
-    mean over channels (scikit-image gaussian_weights=True, use_sample_covariance=False)."""
+    mean over channels (scikit-image gaussian_weights=True, use_sample_covariance=``sample``: the (co)variances
+    times 121 / 120)."""
     x = np.arange(11) - 5.0
     g = np.exp(-(x**2) / (2 * 1.5**2))
     w = np.outer(g, g)
@@ -29,6 +30,8 @@ def _ssim_reference(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> fl
         va = np.einsum("ijkl,kl->ij", pa**2, w) - mu_a**2
         vb = np.einsum("ijkl,kl->ij", pb**2, w) - mu_b**2
         cov = np.einsum("ijkl,kl->ij", pa * pb, w) - mu_a * mu_b
+        if sample:
+            va, vb, cov = va * 121 / 120, vb * 121 / 120, cov * 121 / 120
         s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
         vals.append(s.mean())
     return float(np.mean(vals))
@@ -54,6 +57,31 @@ def test_ssim_matches_float64_reference():
         assert got[i].item() == pytest.approx(_ssim_reference(a[i].numpy(), b[i].numpy()), abs=1e-10)
     got32 = ssim(a.float(), b.float())
     assert torch.allclose(got32.double(), got, atol=1e-5)
+
+
+def test_ssim_sample_covariance_matches_float64_reference():
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 3, 20, 26, generator=g, dtype=torch.float64)
+    b = (a + 0.3 * torch.randn(2, 3, 20, 26, generator=g, dtype=torch.float64)).clamp(0, 1)
+    got = ssim(a, b, sample_covariance=True)
+    for i in range(2):
+        want = _ssim_reference(a[i].numpy(), b[i].numpy(), sample=True)
+        assert got[i].item() == pytest.approx(want, abs=1e-10)
+        assert abs(want - _ssim_reference(a[i].numpy(), b[i].numpy())) > 1e-6  # the setting shows
+
+
+def test_ssim_official_settings_match_scikit_image():
+    """AnySplat's compute_ssim: structural_similarity(win_size=11, gaussian_weights=True, channel_axis=0,
+    data_range=1.0), scikit-image's default use_sample_covariance=True."""
+    metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(2, 3, 32, 40, generator=g, dtype=torch.float64)
+    b = (a + 0.25 * torch.randn(2, 3, 32, 40, generator=g, dtype=torch.float64)).clamp(0, 1)
+    got = ssim(a, b, sample_covariance=True)
+    for i in range(2):
+        want = metrics.structural_similarity(a[i].numpy(), b[i].numpy(), win_size=11, gaussian_weights=True,
+                                             channel_axis=0, data_range=1.0)
+        assert got[i].item() == pytest.approx(want, abs=1e-10)
 
 
 def test_ssim_properties():
@@ -197,3 +225,41 @@ def test_load_lpips_finds_local_files(alex, tmp_path, monkeypatch):
     assert isinstance(model, LPIPS)
     x, y = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
     assert torch.equal(model(x, y), alex(x, y))
+
+
+def test_load_lpips_official_prefers_the_lpips_package_then_ours(monkeypatch, alex):
+    import sys
+    import types
+
+    from training import metrics
+
+    calls = []
+
+    class FakeLPIPS(torch.nn.Module):  # the lpips package's class: LPIPS(net=...)(x, y, normalize=True) -> (B,1,1,1)
+        def __init__(self, net, verbose=False):
+            super().__init__()
+            calls.append(net)
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, y, normalize=False):
+            assert normalize
+            return ((x - y).abs().mean(dim=(1, 2, 3)) * self.w).view(-1, 1, 1, 1)
+
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=FakeLPIPS))
+    fn, source = metrics.load_lpips_official("vgg")
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert source == "lpips package" and calls == ["vgg"] and fn.device == torch.device("cpu")
+    torch.testing.assert_close(fn(x, y), (x - y).abs().mean(dim=(1, 2, 3)))
+
+    def broken(net, verbose=False):  # e.g. its torchvision backbone cannot be fetched offline
+        raise RuntimeError("no torchvision weights")
+
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=broken))
+    monkeypatch.setattr(metrics, "load_lpips", lambda net, device=None: alex)
+    fn, source = metrics.load_lpips_official("alex")
+    assert source == "vist3a"
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)  # AlexNet needs more than 16 px
+    torch.testing.assert_close(fn(x, y), alex(x, y, normalize=True))
+    monkeypatch.setattr(metrics, "load_lpips", lambda net, device=None: None)
+    fn, source = metrics.load_lpips_official("vgg")
+    assert fn is None and "not found" in source

@@ -139,7 +139,11 @@ def test_hub_config_json_is_understood():
         "decoder_cfg": {"name": "splatting_cuda"},
     }
     cfg = anysplat_config_from_hub(hub)
-    assert cfg == AnySplatConfig(voxel_size=0.002)  # voxelize stays off by default (one Gaussian per pixel)
+    assert cfg == AnySplatConfig(voxel_size=0.002, voxelize=True)  # followed like the official loader
+    hub["encoder_cfg"].update(voxelize=False, distill=False)
+    assert anysplat_config_from_hub(hub) == AnySplatConfig(voxel_size=0.002, voxelize=False)
+    del hub["encoder_cfg"]["voxelize"]  # absent: AnySplat's dataclass default (off)
+    assert not anysplat_config_from_hub(hub).voxelize
     with pytest.raises(ValueError, match="pred_head_type"):
         anysplat_config_from_hub({"encoder_cfg": {"pred_head_type": "point"}})
 

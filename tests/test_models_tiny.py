@@ -1,5 +1,7 @@
 """Tiny-config checks of the AnySplat / VGGT implementations: shapes, dtypes, containers, cut points, pieces."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -290,3 +292,38 @@ def test_forward_from_casts_features_to_the_aggregator_dtype(images):
     with torch.no_grad():
         out = model.forward_from("enc_blocks_1", feats, images[:1])
     assert out["depth"].dtype == torch.float32 and torch.isfinite(out["depth"]).all()
+
+
+def _voxel_fuse_brute_force(points, feats, conf, voxel_size):
+    """Independent reference: Python loops in float64; voxel = round-half-even(p / size) (Python's round, as
+    torch.round), voxels in lexicographic order, softmax weights with the official + 1e-6."""
+    groups = {}
+    for i, p in enumerate(points.tolist()):
+        groups.setdefault(tuple(int(round(c / voxel_size)) for c in p), []).append(i)
+    out_p, out_f = [], []
+    for key in sorted(groups):
+        idx = groups[key]
+        c = [float(conf[i]) for i in idx]
+        m = max(c)
+        e = [math.exp(x - m) for x in c]
+        s = sum(e) + 1e-6
+        w = [x / s for x in e]
+        out_p.append([sum(w[j] * float(points[i, d]) for j, i in enumerate(idx)) for d in range(3)])
+        out_f.append([sum(w[j] * float(feats[i, d]) for j, i in enumerate(idx)) for d in range(feats.shape[1])])
+    return torch.tensor(out_p, dtype=torch.float64), torch.tensor(out_f, dtype=torch.float64)
+
+
+def test_voxel_fuse_matches_a_brute_force_reference():
+    g = torch.Generator().manual_seed(0)
+    size = 0.25
+    # many collisions (points on a coarse lattice + jitter) and exact half-voxel ties (round half to even)
+    lattice = torch.randint(-3, 4, (300, 3), generator=g).double() * size * 0.5
+    pts = torch.cat([lattice + 0.01 * torch.randn(300, 3, generator=g, dtype=torch.float64),
+                     torch.tensor([[0.5, 1.5, -2.5], [2.5, -0.5, 0.0]], dtype=torch.float64) * size])
+    feats = torch.randn(pts.shape[0], 5, generator=g, dtype=torch.float64)
+    conf = 3 * torch.randn(pts.shape[0], generator=g, dtype=torch.float64)
+    vp, vf = voxel_fuse(pts, feats, conf, size)
+    rp, rf = _voxel_fuse_brute_force(pts, feats, conf, size)
+    assert vp.shape == rp.shape and 10 < vp.shape[0] < pts.shape[0]
+    torch.testing.assert_close(vp, rp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(vf, rf, rtol=1e-12, atol=1e-12)

@@ -103,3 +103,61 @@ def test_rewards_through_vae_decoder_and_renders():
     assert torch.allclose(total.detach(), expected)
     total.sum().backward()
     assert latent.grad is not None and float(latent.grad.abs().sum()) > 0
+
+
+def test_official_reward_is_the_released_pickscore_dfn_loss():
+    import torch.nn.functional as F
+
+    from training.rewards import (
+        DfnClipScorer,
+        OfficialReward,
+        _features,
+        PickScoreScorer,
+        RewardBatch,
+        SceneDecoder,
+        build_rewards,
+        official_scorers,
+        total_reward,
+    )
+    from vist3a.pipeline.presets import tiny_decoder, tiny_wan_pipeline
+
+    pick, dfn = official_scorers(tiny=0)
+    assert isinstance(pick, PickScoreScorer) and isinstance(dfn, DfnClipScorer)
+    assert type(pick.model).__name__ == type(dfn.model).__name__ == "CLIPModel"  # the released classes
+    # PickScore preprocessing: shorter side -> size, centre crop (non-square input)
+    img = torch.rand(2, 3, 40, 64)
+    assert pick.preprocess(img).shape == (2, 3, 32, 32) and dfn.preprocess(img).shape == (2, 3, 32, 32)
+    # PickScore = logit_scale.exp() * cos / 100
+    with torch.no_grad():
+        tok = pick.tokenizer(["a red car"] * 2, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        t = F.normalize(_features(pick.model.get_text_features(**tok)), dim=-1)
+        i = F.normalize(_features(pick.model.get_image_features(pixel_values=pick.preprocess(img))), dim=-1)
+        want = pick.model.logit_scale.exp() * (t * i).sum(-1) / 100
+    torch.testing.assert_close(pick(img, ["a red car"] * 2), want)
+
+    pipe = tiny_wan_pipeline(0)
+    decoder = tiny_decoder(0).requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    latent = torch.randn(1, 16, 3, 8, 8, requires_grad=True)
+    scene = SceneDecoder(pipe.vae, decoder, views=9, background=torch.ones(3))
+    rewards = build_rewards("official", official=(pick, dfn))
+    assert isinstance(rewards[0], OfficialReward) and rewards[0].weight == 1.0
+    batch = RewardBatch(latent, ["a red car"], scene, torch.Generator().manual_seed(0))
+    total, parts = total_reward(rewards, batch)
+    assert batch.renders.shape == (1, 9, 3, 56, 56)  # every predicted camera
+    # the same value by hand: the frame index is the next draw of the batch generator
+    g = torch.Generator().manual_seed(0)
+    torch.randperm(9, generator=g)  # view_indices drew first
+    k = int(torch.randint(0, 9, (1,), generator=g))
+
+    def loss(images):
+        return (0.25 * (1 - pick(images, ["a red car"] * len(images))).abs().mean()
+                + 0.25 * (1 - dfn(images, ["a red car"] * len(images))).mean())
+
+    with torch.no_grad():
+        want = -(loss(batch.renders[0]) + loss(batch.frames3d[0, k:k + 1]))
+    torch.testing.assert_close(total.detach()[0], want)
+    total.sum().backward()
+    assert latent.grad is not None and float(latent.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="PickScore and DFN5B"):
+        build_rewards("official")

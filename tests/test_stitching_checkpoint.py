@@ -269,3 +269,83 @@ def test_lora_variant_refuses_another_or_missing_base(tmp_path, single_thread):
         load_decoder(tmp_path / "lora")
     with pytest.raises(ValueError, match="no unmerged LoRA"):
         save_decoder(merge_lora(dec), tmp_path / "x", base_source="../anysplat")
+
+
+# ------------------------------------------------------------------ hub-config variants (distill / voxelize)
+def _distill_entries(r=4):
+    """LoRA entries the official add_lora gives the training-only distillation copies of a ``distill: true``
+    base (uncut aggregator, camera head, depth head), in the published layout."""
+    from _models_helpers import crc32_tensor
+
+    from vist3a.stitching.lora import loralib_shapes
+
+    full = _tiny_base()
+    out = {}
+    for part in ("aggregator", "camera_head", "depth_head"):
+        for name, mod in loralib_target_modules(getattr(full.encoder, part)).items():
+            key = f"encoder.distill_{part}.{name}"
+            a, b = loralib_shapes(mod, r)
+            out[f"{key}.lora_A"] = crc32_tensor(f"{key}.lora_A", a)
+            out[f"{key}.lora_B"] = crc32_tensor(f"{key}.lora_B", b)
+            if mod.bias is not None:
+                out[f"{key}.bias"] = crc32_tensor(f"{key}.bias", tuple(mod.bias.shape))
+    return out
+
+
+def test_published_import_accepts_distill_true_checkpoints(tmp_path, caplog):
+    extra = _distill_entries()
+    modules = {k.rsplit(".", 1)[0] for k in extra}
+    assert len(modules) > 20 and any(".patch_embed.patch_embed." in k for k in extra)  # uncut copy: conv embed too
+    plain, _ = _published(tmp_path)
+    (tmp_path / "d").mkdir()
+    distill, _ = _published(tmp_path / "d", edit=lambda c: c["lora"].update(extra))
+    a = load_published_stitched(plain, base=_tiny_base(), stitching=TINY_STITCHING)
+    with caplog.at_level("INFO", logger="vist3a.stitching.checkpoint"):
+        b = load_published_stitched(distill, base=_tiny_base(), stitching=TINY_STITCHING)
+    assert f"dropped {len(extra)} entries ({len(modules)} LoRA modules)" in caplog.text
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and not any("distill" in k for k in sb)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
+    # a stray key outside the distillation copies is still refused
+    (tmp_path / "e").mkdir()
+    bad, _ = _published(tmp_path / "e", edit=lambda c: c["lora"].update({"encoder.distilled.x.lora_A": torch.zeros(1)}))
+    with pytest.raises(CheckpointMismatchError, match="encoder.distilled.x.lora_A"):
+        load_published_stitched(bad, base=_tiny_base(), stitching=TINY_STITCHING)
+
+
+def _voxel_base(voxelize=True):
+    cfg = AnySplatConfig.tiny()
+    cfg.voxelize, cfg.voxel_size = voxelize, 0.05
+    return build_crc32(AnySplat, cfg)
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_published_import_follows_the_base_voxelize_unless_per_pixel(tmp_path, distill):
+    path, _ = _published(tmp_path, edit=(lambda c: c["lora"].update(_distill_entries())) if distill else None)
+    lat, frames = _inputs()
+    n_pixels = frames.shape[1] * frames.shape[-2] * frames.shape[-1]
+    fused = load_published_stitched(path, base=_voxel_base(), stitching=TINY_STITCHING)
+    per_pixel = load_published_stitched(path, base=_voxel_base(), stitching=TINY_STITCHING, per_pixel=True)
+    assert fused.model.config.voxelize and not per_pixel.model.config.voxelize
+    with torch.no_grad():
+        n_fused = fused(lat, frames)["gaussians"][0].means.shape[0]
+        out = per_pixel(lat, frames)
+    assert 0 < n_fused < n_pixels
+    assert out["gaussians"][0].means.shape[0] == n_pixels
+    # the voxelised Gaussians are the fusion of exactly these per-pixel ones
+    from vist3a.models import voxel_fuse
+
+    feats = out["anchor_feats"][0].permute(0, 2, 3, 1).reshape(n_pixels, -1)
+    pts, _ = voxel_fuse(out["world_points"][0].reshape(-1, 3), feats, out["gs_conf"][0], 0.05)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(lat, frames)["gaussians"][0].means, pts, rtol=1e-5, atol=1e-6)
+
+
+def test_our_format_keeps_the_base_voxelize_and_per_pixel_overrides(tmp_path):
+    from vist3a.stitching import StitchedDecoder, StitchingLayer
+
+    dec = StitchedDecoder(_voxel_base(), "enc_blocks_2", StitchingLayer(TINY_STITCHING)).eval()
+    save_decoder(dec, tmp_path / "dec")
+    assert load_decoder(tmp_path / "dec").model.config.voxelize
+    assert not load_decoder(tmp_path / "dec", per_pixel=True).model.config.voxelize

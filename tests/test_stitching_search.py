@@ -283,3 +283,69 @@ def test_without_heldout_sums():
     assert res.metric == "train_mse" and res.fits["a"].heldout_mse is None and res.fits["a"].heldout_rows == 0
     with pytest.raises(ValueError, match="held-out"):
         full.merge_(search)
+
+
+# ------------------------------------------------------------------ official numerics
+def _numpy_official(lat: torch.Tensor, tokens: torch.Tensor, ridge: float):
+    """Independent float64 numpy version of the released search on latents (B, 16, 2, 8, 8) and tokens
+    (B*5, PREFIX + 16, D): float16 cache, trilinear (align_corners) time resize 2 -> 5 frames, ZERO-padded im2col
+    (k 5x3x3, stride 1x2x2, pad 2x1x1), no intercept, ridge on the full diagonal, bias = mean residual; the MSE of
+    the resulting replicate-padded conv on the same rows."""
+    import numpy as np
+
+    z = lat.to(torch.float16).double().numpy()
+    b, c, t_in, h, w = z.shape
+    t = (t_in - 1) * 4 + 1
+    pos = np.arange(t) * (t_in - 1) / (t - 1)
+    lo = np.minimum(np.floor(pos).astype(int), t_in - 2)
+    frac = pos - lo
+    z = z[:, :, lo] * (1 - frac)[None, None, :, None, None] + z[:, :, lo + 1] * frac[None, None, :, None, None]
+
+    def im2col(mode):
+        zp = np.pad(z, ((0, 0), (0, 0), (2, 2), (1, 1), (1, 1)), mode="constant" if mode == "zeros" else "edge")
+        rows = []
+        for bi in range(b):
+            for ti in range(t):
+                for yi in range(h // 2):
+                    for xi in range(w // 2):
+                        rows.append(zp[bi, :, ti:ti + 5, 2 * yi:2 * yi + 3, 2 * xi:2 * xi + 3].reshape(-1))
+        return np.stack(rows)
+
+    y = tokens[:, PREFIX:].to(torch.float16).double().numpy().reshape(-1, tokens.shape[-1])
+    x0 = im2col("zeros")
+    wgt = np.linalg.solve(x0.T @ x0 + ridge * np.eye(x0.shape[1]), x0.T @ y)
+    bias = (y - x0 @ wgt).mean(0)
+    mse = ((im2col("edge") @ wgt + bias - y) ** 2).mean()
+    return wgt, bias, mse
+
+
+def test_official_numerics_match_an_independent_numpy_implementation():
+    lat = latents(3, seed=5, t_lat=2)
+    sl = planted_layer(seed=6)
+    with torch.no_grad():
+        feats = sl(lat, GRID)
+    g = torch.Generator().manual_seed(7)
+    tok_a = as_tokens(feats + 0.3 * torch.randn(feats.shape, generator=g, dtype=feats.dtype))
+    tok_b = as_tokens(torch.randn(feats.shape, generator=g, dtype=feats.dtype))
+    ridge = 0.5  # large enough that "ridge on the full diagonal" vs "not on the bias" shows
+    search = LayerSearch(CFG, ["a", "b"], numerics="official", heldout=True)
+    search.update(lat, {"a": tok_a, "b": tok_b}, grid_hw=GRID)
+    # held-out data is reported but never ranks in official mode
+    search.update(latents(1, seed=8, t_lat=2), {"a": tok_b[:5], "b": tok_a[:5]}, grid_hw=GRID, split="heldout")
+    res = search.solve(ridge=ridge)
+    assert res.metric == "train_mse" and res.info["numerics"] == "official"
+    for name, tok in (("a", tok_a), ("b", tok_b)):
+        wgt, bias, mse = _numpy_official(lat, tok, ridge)
+        fit = res.fits[name]
+        want_w = torch.from_numpy(wgt.T.reshape(fit.weight.shape))
+        torch.testing.assert_close(fit.weight, want_w, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(fit.bias, torch.from_numpy(bias), rtol=1e-9, atol=1e-10)
+        assert math.isclose(fit.train_mse, float(mse), rel_tol=1e-9)
+        assert fit.heldout_mse is not None
+    assert res.ranking == sorted(["a", "b"], key=lambda n: res.fits[n].train_mse)
+    # ours differs (replicate-padded design, unregularised joint bias): the switch matters
+    ours = LayerSearch(CFG, ["a"], heldout=False)
+    ours.update(lat, {"a": tok_a}, grid_hw=GRID)
+    assert (ours.solve(ridge=ridge).fits["a"].bias - res.fits["a"].bias).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="numerics"):
+        LayerSearch(CFG, ["a"], numerics="paper")

@@ -206,11 +206,11 @@ def test_ctrl_c_stop_after_and_resume_are_exact(single_runs):
 
 
 def _trained_in_memory(out: Path):
-    """Rebuild the run's student, load the final checkpoint's trained tensors and merge LoRA."""
+    """Rebuild the run's student (official recipe), load the final checkpoint's trained tensors, merge peft LoRA."""
     from vist3a.stitching.lora import merge_lora
 
     args = tsd.build_parser().parse_args([*SINGLE_ARGS, "--output", str(out)])
-    student = tsd.prepare_trainable(tsd.build_student(args, tsd._tiny_base("anysplat", 0)), 64, 32)
+    student = tsd.prepare_trainable_official(tsd.build_student(args, tsd._tiny_base("anysplat", 0)), 64, 32)
     state = _state(out)
     with torch.no_grad():
         for name, p in tsd.trainable_tensors(student).items():
@@ -341,3 +341,86 @@ def test_heads_run_in_fp32_under_autocast():
         out = model(torch.rand(1, 2, 3, 56, 56))
     assert out["depth"].dtype == out["extrinsic"].dtype == out["anchor_feats"].dtype == torch.float32
     assert out["gaussians"][0].means.dtype == torch.float32
+
+
+# ============================================================================================ recipes
+def _released_gradient_loss(pred, target, scales=4):
+    """The released gradient_loss_multi_scale written out with explicit loops (float64)."""
+    d = (pred - target).double()
+    total = 0.0
+    for s in range(scales):
+        x = d[:, ::2 ** s, ::2 ** s]
+        b, v, h = x.shape[:3]
+        acc = 0.0
+        for i in range(h - 1):  # along H
+            acc += (x[:, :, i + 1] - x[:, :, i]).abs().clamp(max=100).sum()
+        for j in range(v - 1):  # across views
+            acc += (x[:, j + 1] - x[:, j]).abs().clamp(max=100).sum()
+        total += acc / (b * v * h)
+    return total / scales
+
+
+def test_official_gradient_term_is_the_released_formula():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 5, 16, 64, 1, generator=g), torch.rand(2, 5, 16, 64, 1, generator=g)
+    pred[0, 1, 3, 4, 0] += 300.0  # the clamp at 100 matters
+    got = losses.official_gradient_l1(pred, target)
+    torch.testing.assert_close(got.double(), _released_gradient_loss(pred, target), rtol=1e-5, atol=0)
+    # a per-view constant offset: invisible to the paper's per-image gradients, not to the released (view) term
+    shift = target + torch.arange(5.0).view(1, 5, 1, 1, 1)
+    assert losses.gradient_l1(shift, target) < 1e-6 < losses.official_gradient_l1(shift, target)
+    # the released term sums over W (64 here) and divides by B*V*H only: far larger than the paper's means
+    assert losses.official_gradient_l1(pred, target) > 10 * losses.gradient_l1(pred, target)
+
+
+def test_official_recipe_compares_camera_to_world_extrinsics(anysplat_outputs):
+    target = anysplat_outputs
+    pred = dict(target)
+    pred["c2w"] = target["c2w"] + 1.0  # only the camera-to-world matrices differ
+    _, official = losses.stitched_loss(pred, target, losses.loss_weights("anysplat", "official"))
+    _, paper = losses.stitched_loss(pred, target, losses.loss_weights("anysplat", "paper"))
+    assert float(official["extrinsics"]) == pytest.approx(1.0) and float(paper["extrinsics"]) == 0.0
+    with pytest.raises(ValueError, match="recipe"):
+        losses.loss_weights("anysplat", "released")
+
+
+def test_official_recipe_trains_loralib_convs_and_exports_them_merged(tmp_path, single_thread):
+    from vist3a.models import AnySplat, AnySplatConfig
+    from vist3a.stitching import StitchedDecoder, StitchingLayer, load_decoder, save_decoder
+    from vist3a.stitching.lora import LoralibConv2d
+
+    torch.manual_seed(0)
+    student = StitchedDecoder(AnySplat(AnySplatConfig.tiny()), "enc_blocks_2",
+                              StitchingLayer("conv3d_k5x3x3_o64_s1x2x2_p2x1x1")).eval()
+    tsd.prepare_trainable_official(student, rank=4, alpha=2.0)
+    convs = {n: m for n, m in student.model.named_modules() if isinstance(m, LoralibConv2d)}
+    assert convs and "encoder.gaussian_param_head.input_merger.0" in convs
+    for m in convs.values():
+        k = m.kernel_size[0]
+        assert m.lora_A.shape == (4 * k, m.in_channels * k) and m.lora_B.shape == (m.out_channels * k, 4 * k)
+        assert m.lora_A.requires_grad and m.lora_B.requires_grad and not m.weight.requires_grad
+        with torch.no_grad():
+            m.lora_B.normal_(0, 0.05)
+    train = tsd.trainable_tensors(student)
+    assert any(k.endswith("input_merger.0.lora_A") for k in train) and any("lora_A.default" in k for k in train)
+    g = torch.Generator().manual_seed(1)
+    lat, frames = torch.randn(1, 16, 2, 8, 8, generator=g), torch.rand(1, 5, 3, 56, 56, generator=g)
+    with torch.no_grad():
+        want = student(lat, frames)["depth"]
+        save_decoder(student, tmp_path / "dec")
+        got = load_decoder(tmp_path / "dec")(lat, frames)["depth"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="loralib"):
+        save_decoder(student, tmp_path / "lora", base_source="base")
+
+
+def test_paper_recipe_run_and_recorded_recipe(tmp_path, single_thread):
+    out = tmp_path / "paper"
+    assert tsd.main([*BASE, "--views", "5", "--steps", "1", "--recipe", "paper", "--output", str(out)]) == 0
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["recipe"] == "paper" and cfg["frames"] == "decoded"
+    state = _state(out)
+    assert not any(k.endswith(".lora_A") for k in state)  # peft everywhere: no loralib conv factors
+    # resuming with another recipe is refused (the schedule / loss would change)
+    assert tsd.main([*BASE, "--views", "5", "--steps", "2", "--recipe", "official", "--output", str(out),
+                     "--resume"]) == 2

@@ -28,6 +28,18 @@ One iteration (per process; B = ``--batch-size`` prompts):
 5. AdamW (lr 1e-4) on the LoRA only (peft, r 8, alpha 16 on attn1/attn2 to_q, to_k, to_v, to_out.0; everything
    else frozen), gradient-norm clip 0.1, EMA of the adapter (0.99).
 
+Recipes (``--recipe``; default ``official``, the released ``train_vdm.py`` that produced the published
+``vist3a_*_lora_ema`` adapters; ``paper`` is the paper's Algorithm 1 as described above). ``official`` changes:
+UniPC flow shift 3.0 for the rollouts; T ~ U{10..50} but T = 50 every 10th iteration; K = 2 distinct steps drawn
+from all T PLUS the final step always; CFG ~ U[4, 6]; empty negative prompt; 226 text tokens; each rollout prompt
+wrapped in a random camera-motion phrase (:data:`CAMERA_TEMPLATES`, 80 templates of 16 motion kinds around the
+prompt in backticks; our wording, the released list's categories) instead of the orbit template; L_gen with
+sigma ~ U(0, 1) (no shift) on the clips' captions as they are, 4 clips per step; grad clip 1.0 (a step with a
+non-finite gradient norm is skipped); AdamW betas (0.9, 0.95), no weight decay (the released command; its argparse
+default is 1e-4: ``--weight-decay 1e-4``); EMA 0.99 with the warm-up ``min((1 + i) / (10 + i), 0.99)``; reward
+``official`` (:class:`training.rewards.OfficialReward`: PickScore + DFN5B CLIP, 0.25 each, on the renders at all
+predicted cameras (white background) plus one decoded frame; no consistency term).
+
 Text conditioning: the Wan pipeline's ``encode_prompt`` on the camera-orbit template of
 :data:`vist3a.pipeline.settings.PROMPT_TEMPLATE` (``--prompt-template ''`` for the bare prompt), negative prompt =
 the published one; the quality rewards read the bare prompt. Data clips use their ``caption``/``prompt`` field when
@@ -50,6 +62,13 @@ Writes into ``--output`` only (rank 0; atomic files):
 """
 
 from __future__ import annotations
+
+if __package__ in (None, ""):  # run as `python training/<script>.py`: import it as part of the training package
+    import os as _os
+    import sys as _sys
+
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "training"  # noqa: A001 (PEP 366: makes the relative imports below work)
 
 import argparse
 import contextlib
@@ -79,6 +98,7 @@ from vist3a.pipeline.settings import (
 
 from .rewards import (
     DEFAULT_REWARDS,
+    OFFICIAL_REWARDS,
     RewardBatch,
     SceneDecoder,
     build_rewards,
@@ -87,12 +107,15 @@ from .rewards import (
 )
 
 __all__ = [
+    "CAMERA_TEMPLATES",
     "LORA_TARGETS",
+    "RECIPES",
     "AdapterEMA",
     "AlignConfig",
     "DRTuneTrainer",
     "add_lora",
     "build_parser",
+    "camera_prompt",
     "drtune_rollout",
     "export_adapter",
     "flow_matching_loss",
@@ -110,6 +133,88 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TINY_PROMPTS = ("a red sports car", "a wooden cabin in a snowy forest", "a bowl of fruit on a table",
                 "a stone lighthouse on a cliff")
+
+#: Camera-motion phrases of the official recipe, ``{p}`` = the prompt in backticks. The released code draws one of
+#: 80 such sentences (16 motion kinds x 5, plus a bare-prompt entry) per rollout; the wording here is ours.
+CAMERA_TEMPLATES = (
+    "{p}",
+    # pan
+    "A slow pan from left to right sweeps across {p}.", "The view pans quickly from right to left over {p}.",
+    "A wide horizontal pan takes in {p}.", "The camera pans steadily to reveal more of {p}.",
+    "A full panoramic turn surveys {p}.",
+    # orbit
+    "The camera circles {p}, keeping it in the centre of the frame.",
+    "An orbit around {p} shows it from every side.",
+    "The camera rotates around the scene, holding a constant distance from {p}.",
+    "A half orbit moves from the front to the side of {p}.", "A smooth circular path goes around {p}.",
+    # dolly
+    "The camera dollies in towards {p}.", "A dolly out shows the surroundings of {p}.",
+    "The view pushes forward into {p}.", "The camera pulls back from {p}.",
+    "A gentle push in draws attention to {p}.",
+    # zoom
+    "A slow zoom in on {p}.", "A fast zoom out shows all of {p}.", "The lens zooms in on the details of {p}.",
+    "A steady zoom frames {p} tighter.", "The shot zooms out from a close-up to the whole of {p}.",
+    # tilt
+    "The camera tilts up over {p}.", "The camera tilts down towards the ground of {p}.",
+    "An upward tilt shows the height of {p}.", "A vertical tilt scans {p} from top to bottom.",
+    "A slight tilt keeps {p} in view.",
+    # fly-through
+    "A fly-through of {p}.", "Drone footage gliding over {p}.", "A low flight across {p}.",
+    "The camera weaves through {p}.", "A continuous flight through {p}.",
+    # arc
+    "The camera follows an arc around {p}.", "A diagonal arc shows {p} from several angles.",
+    "An arc at mid height around {p}.", "An arc move keeps {p} centred while the background shifts.",
+    "A half-circle arc shows the side and the back of {p}.",
+    # spiral
+    "The camera spirals upwards around {p}.", "A helical path circles {p}.", "A downward spiral towards {p}.",
+    "A rising spiral around {p}.", "A tightening spiral closes in on {p}.",
+    # tracking
+    "A tracking shot moves through {p}.", "The camera tracks along {p}, keeping it centred.",
+    "A smooth follow shot of {p}.", "The camera travels alongside {p}.", "A tracking move at a fixed distance from {p}.",
+    # crane
+    "A crane shot rises above {p}.", "A crane move lowers the camera towards {p}.",
+    "The camera lifts from ground level over {p}.", "A crane up to a high view of {p}.",
+    "The camera descends to the details of {p}.",
+    # rotation in place
+    "The camera turns a full circle in place within {p}.", "A spin on the spot shows every direction of {p}.",
+    "A slow turn in place inside {p}.", "A rotating sweep of the surroundings of {p}.",
+    "The camera spins steadily to show {p} from all angles.",
+    # handheld
+    "Handheld footage of {p}.", "A slightly shaky handheld shot of {p}.", "A handheld camera walks through {p}.",
+    "A natural, hand-held look at {p}.", "A handheld shot gives {p} a lively feel.",
+    # composite
+    "A dolly in that turns into an orbit around {p}.", "A pan that becomes a tilt up over {p}.",
+    "A zoom in followed by an arc around {p}.", "A fly-through that ends in a rising spiral over {p}.",
+    "A dolly out that ends with a turn in place in {p}.",
+    # speed
+    "The camera speeds up gradually while filming {p}.", "A quick start, then a steady glide through {p}.",
+    "A slow start that accelerates towards {p}.", "The motion eases in and out around {p}.",
+    "The movement changes gradually across {p}.",
+    # cinematic tone
+    "A graceful cinematic glide across {p}.", "A sweeping dramatic move over {p}.",
+    "A calm, slow camera move through {p}.", "An energetic camera move around {p}.",
+    "A suspenseful tracking move through {p}.",
+    # experimental
+    "The camera rolls diagonally towards {p}.", "A gently oscillating camera over {p}.",
+    "A free-floating camera drifts through {p}.", "Alternating zooms and pans across {p}.",
+    "A parallax sweep that layers the depth of {p}.",
+)
+
+
+def camera_prompt(prompt: str, rng: random.Random) -> str:
+    """The official recipe's rollout text: a random :data:`CAMERA_TEMPLATES` entry around the prompt in backticks."""
+    return rng.choice(CAMERA_TEMPLATES).format(p=f"`{prompt}`")
+
+
+#: What ``--recipe`` sets (explicit options override): paper = the AlignConfig defaults.
+RECIPES: dict[str, dict] = {
+    "paper": {},
+    "official": {"flow_shift": 3.0, "plan": "official", "grad_last": True, "grad_clip": 1.0, "negative_prompt": "",
+                 "max_sequence_length": 226, "prompt_template": "", "camera_prompts": True, "gen_sigma": "uniform",
+                 "gen_template": False, "betas": (0.9, 0.95), "weight_decay": 0.0, "ema_warmup": True,
+                 "skip_nonfinite": True, "gen_batch_size": 4, "reward": OFFICIAL_REWARDS,
+                 "render_background": (1.0, 1.0, 1.0)},
+}
 
 
 # ============================================================================================ config
@@ -148,6 +253,16 @@ class AlignConfig:
     save_every: int = 100
     keep_last: int = 3
     gradient_checkpointing: bool = False
+    recipe: str = "paper"
+    plan: str = "paper"             # "official": T = t_max every long_every-th iteration, K of all T + the last
+    long_every: int = 10
+    camera_prompts: bool = False    # official: a random camera phrase per rollout instead of prompt_template
+    gen_sigma: str = "shifted"      # L_gen sigma: "shifted" (flow_shift, Wan's schedule) or "uniform" (U(0, 1))
+    gen_template: bool = True       # apply prompt_template to the L_gen captions
+    betas: tuple[float, float] = (0.9, 0.999)
+    ema_warmup: bool = False        # official: decay min((1 + i) / (10 + i), ema_decay)
+    skip_nonfinite: bool = False    # official: skip the update when the gradient norm is not finite
+    render_background: tuple[float, float, float] | None = None
 
     def check(self) -> AlignConfig:
         """Raise ValueError naming the bad setting and what to do."""
@@ -160,7 +275,10 @@ class AlignConfig:
                              "from [T1, T2]; use T1 <= T2 (paper: 10..50)")
         if self.grad_steps < 0:
             raise ValueError(f"--grad-steps must be >= 0, got {self.grad_steps}")
-        room = self.t_min - (1 if self.grad_last else 0)
+        if self.plan not in ("paper", "official") or self.gen_sigma not in ("shifted", "uniform"):
+            raise ValueError(f"plan must be 'paper' or 'official' and gen_sigma 'shifted' or 'uniform', got "
+                             f"{self.plan!r}, {self.gen_sigma!r}")
+        room = self.t_min - (1 if self.grad_last and self.plan == "paper" else 0)
         if self.grad_steps > room:
             last = ", minus the final step of --grad-last" if self.grad_last else ""
             raise ValueError(f"--grad-steps K={self.grad_steps} > {room}: K distinct steps must fit in the shortest "
@@ -210,13 +328,16 @@ def _call(transformer, x: Tensor, t: Tensor, text: Tensor) -> Tensor:
     return out[0].float()
 
 
-def flow_matching_loss(transformer, x0: Tensor, text: Tensor, generator: torch.Generator, flow_shift: float) -> Tensor:
+def flow_matching_loss(transformer, x0: Tensor, text: Tensor, generator: torch.Generator,
+                       flow_shift: float | None) -> Tensor:
     """Rectified-flow loss on clean model-space latents ``x0`` (B, 16, T_lat, h, w) with text ``(B, L, D)``:
-    ``sigma = flow_sigmas(u)``, ``x_t = (1 - sigma) x0 + sigma eps``, target ``v = eps - x0`` (the sign of diffusers'
-    flow-matching schedulers), ``mean((model(x_t, 1000 sigma) - v)^2)``. Random draws from ``generator`` (CPU)."""
+    ``sigma = flow_sigmas(u)`` (``flow_shift=None``: sigma = u ~ U(0, 1), the released L_gen), ``x_t = (1 - sigma) x0
+    + sigma eps``, target ``v = eps - x0`` (the sign of diffusers' flow-matching schedulers),
+    ``mean((model(x_t, 1000 sigma) - v)^2)``. Random draws from ``generator`` (CPU)."""
     b = x0.shape[0]
     eps = torch.randn(x0.shape, generator=generator).to(x0)
-    sigma = flow_sigmas(torch.rand(b, generator=generator), flow_shift).to(x0)
+    u = torch.rand(b, generator=generator)
+    sigma = (u if flow_shift is None else flow_sigmas(u, flow_shift)).to(x0)
     s = sigma.view(b, 1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * eps
     pred = _call(transformer, x_t, sigma * 1000.0, text)
@@ -235,10 +356,17 @@ def guided_velocity(transformer, x: Tensor, t: Tensor, cond: Tensor, uncond: Ten
     return u + guidance * (c - u)
 
 
-def sample_plan(rng: random.Random, config: AlignConfig) -> tuple[int, list[int]]:
-    """(T, sorted grad-enabled step indices) of one iteration: T ~ U{T1..T2}; K distinct steps of T (of the first
-    T-1 plus T-1 itself with ``grad_last``). Shared by all ranks; the CFG scale is drawn per rank."""
+def sample_plan(rng: random.Random, config: AlignConfig, step: int = 0) -> tuple[int, list[int]]:
+    """(T, sorted grad-enabled step indices) of iteration ``step``: T ~ U{T1..T2}; K distinct steps of T (of the
+    first T-1 plus T-1 itself with ``grad_last``). ``plan="official"``: T = T2 when ``step % long_every == 0``, and
+    K distinct steps of all T plus T-1 always (2 or 3 steps). Shared by all ranks; the CFG scale is drawn per rank."""
     steps = rng.randint(config.t_min, config.t_max)
+    if config.plan == "official":
+        if config.long_every and step % config.long_every == 0:
+            steps = config.t_max
+        chosen = set(rng.sample(range(steps), min(config.grad_steps, steps)))
+        chosen.add(steps - 1)
+        return steps, sorted(chosen)
     pool = range(steps - 1) if config.grad_last else range(steps)
     chosen = set(rng.sample(pool, config.grad_steps))
     if config.grad_last:
@@ -313,14 +441,20 @@ class AdapterEMA:
     """Exponential moving average of the LoRA parameters: ``ema <- decay ema + (1 - decay) param`` after each
     optimizer step (float32 copies; DTensor shards under FSDP2)."""
 
-    def __init__(self, params: dict[str, Tensor], decay: float) -> None:
-        self.decay = float(decay)
+    def __init__(self, params: dict[str, Tensor], decay: float, warmup: bool = False) -> None:
+        self.decay, self.warmup = float(decay), bool(warmup)
         self.shadow = {n: p.detach().clone().float() for n, p in params.items()}
 
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after iteration ``step`` (0-based): ``decay``, or with warm-up (the released
+        EMA) ``min((1 + step) / (10 + step), decay)``."""
+        return min((1 + step) / (10 + step), self.decay) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, params: dict[str, Tensor]) -> None:
+    def update(self, params: dict[str, Tensor], step: int = 0) -> None:
+        d = self.decay_at(step)
         for n, p in params.items():
-            self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
+            self.shadow[n].lerp_(p.detach().float(), 1.0 - d)
 
     @contextlib.contextmanager
     def applied(self, params: dict[str, Tensor]) -> Iterator[None]:
@@ -470,13 +604,15 @@ class DRTuneTrainer:
             with torch.no_grad():  # identical LoRA initialisation on every rank (replicas stay in sync)
                 for p in self.params.values():
                     dist.broadcast(p.data, src=0)
-        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=tuple(config.betas))
         from .runtime import cosine_with_warmup
 
         self.scheduler = cosine_with_warmup(self.optimizer, config.warmup, config.steps,
                                             min_lr_ratio=1.0 if config.lr_schedule == "constant" else 0.0)
-        self.ema = AdapterEMA(self.params, config.ema_decay)
-        self.scene = SceneDecoder(pipe.vae, decoder, views=config.views)
+        self.ema = AdapterEMA(self.params, config.ema_decay, warmup=config.ema_warmup)
+        bg = None if config.render_background is None else torch.tensor(config.render_background)
+        self.scene = SceneDecoder(pipe.vae, decoder, views=config.views, background=bg)
         self._text: dict[str, Tensor] = {}
         self.step = 0
         n = sum(p.numel() for p in self.params.values())
@@ -537,12 +673,13 @@ class DRTuneTrainer:
         c, ctx, step = self.config, self.ctx, self.step
         # T and the grad steps are shared by all ranks (FSDP2 needs the same collectives everywhere); prompts, CFG
         # scale and noise are drawn per rank
-        steps, chosen = sample_plan(random.Random(_iteration_seed(c.seed, step, 0, "plan")), c)
+        steps, chosen = sample_plan(random.Random(_iteration_seed(c.seed, step, 0, "plan")), c, step)
         rng = random.Random(_iteration_seed(c.seed, step, ctx.rank, "rank"))
         guidance = rng.uniform(c.cfg_min, c.cfg_max)
         prompts = [rng.choice(self.prompts) for _ in range(c.batch_size)]
         gen = torch.Generator().manual_seed(_iteration_seed(c.seed, step, ctx.rank, "torch"))
-        cond = self.text_embeddings([self.wan_text(p) for p in prompts])
+        texts = [camera_prompt(p, rng) if c.camera_prompts else self.wan_text(p) for p in prompts]
+        cond = self.text_embeddings(texts)
         uncond = self.text_embeddings([c.negative_prompt] * c.batch_size)
         noise = torch.randn((c.batch_size, *c.latent_shape), generator=gen).to(ctx.device)
         latent = drtune_rollout(self.model, noise, cond, uncond, steps=steps, grad_steps=chosen, guidance=guidance,
@@ -556,8 +693,10 @@ class DRTuneTrainer:
             first = (step * ctx.world_size + ctx.rank) * c.gen_batch_size
             items = [self.dataset[(first + j) % n] for j in range(c.gen_batch_size)]
             x0 = self.encode_clips(items, gen)
-            texts = [self.wan_text(it.get("caption") or it.get("prompt") or c.gen_prompt) for it in items]
-            gen_loss = flow_matching_loss(self.model, x0, self.text_embeddings(texts), gen, c.flow_shift)
+            captions = [it.get("caption") or it.get("prompt") or c.gen_prompt for it in items]
+            texts = [self.wan_text(t) if c.gen_template else t for t in captions]
+            gen_loss = flow_matching_loss(self.model, x0, self.text_embeddings(texts), gen,
+                                          c.flow_shift if c.gen_sigma == "shifted" else None)
             loss = loss + c.gen_weight * gen_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -565,9 +704,14 @@ class DRTuneTrainer:
         if ctx.world_size > 1 and not self.fsdp:
             self._average_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
-        self.optimizer.step()
+        if c.skip_nonfinite and not torch.isfinite(_full(grad_norm)).item():
+            logger.warning("step %d: gradient norm %s, update skipped (as the released training)", step,
+                           float(_full(grad_norm)))
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.ema.update(self.params, step)
         self.scheduler.step()
-        self.ema.update(self.params)
         self.step += 1
         from .runtime import all_reduce_mean
 
@@ -726,48 +870,66 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--hps", default=None, help="HPSv2.1 checkpoint (open_clip ViT-H-14; needs open_clip): with a "
                                                  "CLIP scorer gives the paper's s_clip + s_hps - 2")
     mdl.add_argument("--no-lpips", action="store_true", help="consistency reward without LPIPS (L1 only)")
+    mdl.add_argument("--pickscore", default=None, help="official reward: PickScore CLIPModel (hub id or folder; "
+                                                       "default yuvalkirstain/PickScore_v1)")
+    mdl.add_argument("--pickscore-processor", default=None, help="official reward: PickScore's tokenizer (default "
+                                                                 "laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
+    mdl.add_argument("--dfn-clip", default=None, help="official reward: DFN5B CLIP (hub id or folder; default "
+                                                      "apple/DFN5B-CLIP-ViT-H-14-378; open_clip when installed)")
     mdl.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                      help="dtype of the frozen Wan weights (the LoRA stays float32)")
     mdl.add_argument("--device", default=None, help="default: cuda:<local rank> if available, else cpu")
     mdl.add_argument("--fsdp", choices=("auto", "on", "off"), default="auto",
                      help="FSDP2 for the transformer (auto: on with CUDA and more than one process)")
     alg = p.add_argument_group("DRTune")
+    alg.add_argument("--recipe", choices=tuple(RECIPES), default="official",
+                     help="official (default): the released train_vdm.py that produced the published adapters; paper: "
+                          "the paper's Algorithm 1 and rewards (module docstring); explicit options override either")
     alg.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000; tiny: 8)")
     alg.add_argument("--stop-at", type=int, default=None, help="stop (and checkpoint) after this step, e.g. to split "
                                                                "a run into jobs; --resume continues")
     alg.add_argument("--t-min", type=int, default=None, help="T1, fewest sampling steps (default 10; tiny: 3)")
     alg.add_argument("--t-max", type=int, default=None, help="T2, most sampling steps (default 50; tiny: 5)")
     alg.add_argument("--grad-steps", type=int, default=2, help="K, steps with gradients per rollout (default 2)")
-    alg.add_argument("--grad-last", action="store_true", help="also keep gradients at the final step (released code)")
+    alg.add_argument("--grad-last", action=argparse.BooleanOptionalAction, default=None,
+                     help="also keep gradients at the final step (official: on; paper: off)")
     alg.add_argument("--cfg-min", type=float, default=4.0, help="CFG scale drawn per rollout in [min, max] (4)")
     alg.add_argument("--cfg-max", type=float, default=6.0, help="(released code: 6)")
-    alg.add_argument("--reward", default=DEFAULT_REWARDS,
-                     help=f"weighted rewards name:weight,... (default {DEFAULT_REWARDS}; also toy_latent, brightness)")
+    alg.add_argument("--reward", default=None,
+                     help=f"weighted rewards name:weight,... (official: {OFFICIAL_REWARDS}; paper: {DEFAULT_REWARDS}; "
+                          "also toy_latent, brightness)")
     alg.add_argument("--gen-weight", type=float, default=1.0, help="weight of the flow-matching loss (0: reward only)")
     alg.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the LoRA (paper: 1e-4)")
-    alg.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    alg.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0)")
     alg.add_argument("--warmup", type=int, default=0, help="linear lr warmup steps")
     alg.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
-    alg.add_argument("--grad-clip", type=float, default=0.1, help="gradient-norm clip (paper: 0.1)")
+    alg.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (official 1.0, paper 0.1)")
     alg.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay of the exported adapter (0.99)")
     alg.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (released: 8)")
     alg.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (released: 16)")
     alg.add_argument("--batch-size", type=int, default=1, help="rollouts per process per step")
-    alg.add_argument("--gen-batch-size", type=int, default=1, help="data clips per process per step for L_gen")
+    alg.add_argument("--gen-batch-size", type=int, default=None,
+                     help="data clips per process per step for L_gen (official 4, paper 1)")
     alg.add_argument("--gradient-checkpointing", action="store_true",
                      help="recompute the transformer blocks in backward (less memory, ~30%% slower)")
-    alg.add_argument("--views", type=int, default=2, help="views sampled per scene for the rewards (paper: 2)")
+    alg.add_argument("--views", type=int, default=None,
+                     help="views rendered per scene for the rewards (official: all frames; paper: 2)")
     alg.add_argument("--seed", type=int, default=0, help="every draw of step i comes from (seed, i, rank)")
     vid = p.add_argument_group("video and text")
     vid.add_argument("--frames", type=int, default=None, help="4k+1 (default 13; tiny: 9)")
     vid.add_argument("--height", type=int, default=None, help="multiple of 16 (default 512; tiny: 64)")
     vid.add_argument("--width", type=int, default=None, help="multiple of 16 (default 512; tiny: 64)")
-    vid.add_argument("--flow-shift", type=float, default=5.0, help="UniPC flow shift (VIST3A: 5)")
-    vid.add_argument("--max-sequence-length", type=int, default=None, help="text tokens (default 512; tiny: 64)")
+    vid.add_argument("--flow-shift", type=float, default=None,
+                     help="UniPC flow shift of the rollouts (official training 3; paper / inference 5)")
+    vid.add_argument("--max-sequence-length", type=int, default=None,
+                     help="text tokens (official 226, paper 512; tiny: 64)")
     vid.add_argument("--prompt", action="append", default=[], help="a training prompt (repeatable)")
     vid.add_argument("--prompts", default=None, help="text file, one prompt per line ('#' comments)")
-    vid.add_argument("--prompt-template", default=PROMPT_TEMPLATE, help="'{prompt}' template for Wan ('' for none)")
-    vid.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT, help="CFG negative prompt (published)")
+    vid.add_argument("--prompt-template", default=None,
+                     help="'{prompt}' template for Wan ('' for none; paper default: the orbit template; official: a "
+                          "random camera phrase per rollout instead)")
+    vid.add_argument("--negative-prompt", default=None, help="CFG negative prompt (official: empty; paper: the "
+                                                              "published inference one)")
     vid.add_argument("--gen-prompt", default="a static scene", help="text for data clips without a caption")
     dat = p.add_argument_group("data for the flow-matching loss")
     dat.add_argument("--data", default=None, help="folder of scenes (training/data.py layouts) or a micro world")
@@ -799,23 +961,30 @@ def _read_prompts(args) -> list[str]:
 
 
 def config_from_args(args) -> AlignConfig:
+    """AlignConfig from the CLI: the recipe's settings (:data:`RECIPES`), overridden by every option given."""
     tiny = args.preset == "tiny"
     pick = (lambda v, t, d: v if v is not None else (t if tiny else d))
     names = {f.name for f in fields(AlignConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    values.update(steps=pick(args.steps, 8, 1000), t_min=pick(args.t_min, 3, 10), t_max=pick(args.t_max, 5, 50),
-                  num_frames=pick(args.frames, 9, 13), height=pick(args.height, 64, 512),
-                  width=pick(args.width, 64, 512), max_sequence_length=pick(args.max_sequence_length, 64, 512),
-                  prompt_template=args.prompt_template or "")
+    recipe = {k: v for k, v in RECIPES[args.recipe].items() if k in names}
+    values = {**recipe, **{k: v for k, v in vars(args).items() if k in names and v is not None}}
+    values.update(recipe=args.recipe, steps=pick(args.steps, 8, 1000), t_min=pick(args.t_min, 3, 10),
+                  t_max=pick(args.t_max, 5, 50), num_frames=pick(args.frames, 9, 13), height=pick(args.height, 64, 512),
+                  width=pick(args.width, 64, 512),
+                  max_sequence_length=pick(args.max_sequence_length, 64, recipe.get("max_sequence_length", 512)))
+    values.setdefault("prompt_template", PROMPT_TEMPLATE)
+    values.setdefault("negative_prompt", DEFAULT_NEGATIVE_PROMPT)
+    values["prompt_template"] = values["prompt_template"] or ""
+    if args.views is None and args.recipe == "official":
+        values["views"] = values["num_frames"]  # the released reward renders every predicted camera
     return AlignConfig(**values).check()
 
 
 def _build(args, config: AlignConfig, ctx):
     """(pipe, decoder, rewards, dataset) for the CLI."""
     from .data import FolderClips, SyntheticClips, is_micro_world, micro_world_clips
-    from .rewards import ClipScorer, OpenClipScorer
+    from .rewards import ClipScorer, OpenClipScorer, official_scorers
 
-    pairs = parse_reward_spec(args.reward)
+    pairs = parse_reward_spec(args.reward or RECIPES[args.recipe].get("reward", DEFAULT_REWARDS))
     names = {n for n, _ in pairs}
     dtype = getattr(torch, args.dtype)
     if args.preset == "tiny":
@@ -827,8 +996,9 @@ def _build(args, config: AlignConfig, ctx):
 
         logger.warning(TINY_WARNING)
         pipe = tiny_wan_pipeline(args.seed, config.flow_shift)
-        decoder = tiny_decoder(args.seed) if names & {"quality_renders", "consistency"} else None
+        decoder = tiny_decoder(args.seed) if names & {"quality_renders", "consistency", "official"} else None
         scorers = [ClipScorer.tiny(args.seed)]
+        official = official_scorers(tiny=args.seed) if "official" in names else None
     else:
         if not args.wan:
             raise ValueError("pass --wan <Wan 2.1 T2V diffusers pipeline> (or --preset tiny)")
@@ -836,10 +1006,12 @@ def _build(args, config: AlignConfig, ctx):
 
         pipe = load_wan_pipeline(args.wan, dtype=torch.float32, flow_shift=config.flow_shift)
         decoder = None
-        if names & {"quality_renders", "consistency"}:
+        if names & {"quality_renders", "consistency", "official"}:
             from vist3a.pipeline.decoders import load_stitched_decoder
 
             decoder = load_stitched_decoder(args.decoder, base=args.base)
+        official = (official_scorers(args.pickscore, args.pickscore_processor, args.dfn_clip)
+                    if "official" in names else None)
         scorers = [ClipScorer.from_pretrained(s) for s in args.clip]
         for spec in args.open_clip:
             arch, _, pretrained = spec.partition("@")
@@ -849,7 +1021,7 @@ def _build(args, config: AlignConfig, ctx):
     if dtype != torch.float32:
         pipe.transformer.to(dtype)
         pipe.text_encoder.to(dtype)
-    for s in scorers:
+    for s in [*scorers, *(official or ())]:
         s.to(ctx.device)
     lpips = None
     if "consistency" in names and not args.no_lpips:
@@ -859,7 +1031,7 @@ def _build(args, config: AlignConfig, ctx):
         if lpips is not None:
             lpips.requires_grad_(False)
     rewards = build_rewards(pairs, scorers=scorers if names & {"quality_frames", "quality_renders"} else (),
-                            lpips=lpips)
+                            lpips=lpips, official=official)
     dataset = None
     if config.gen_weight > 0:
         if args.data and is_micro_world(args.data):

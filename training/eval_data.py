@@ -24,6 +24,20 @@ context frame.
 
 Images are loaded like :func:`training.data.load_clip`: shorter side resized to the video size, centre crop, the
 crop resized to the 3D-model size; :func:`crop_resize_intrinsics` applies the same crop / resize to the intrinsics.
+
+The official VIST3A protocol (``eval_nvs --protocol official``) reads the released evaluation layout instead:
+
+* the index map ``re10k_indexmap.json``: ``{"<sequence>": [id, ...]}`` (12 ids; :func:`read_index_map`, which also
+  accepts the ``{"context": [...], "target": [...]}`` form above as ``context + target``);
+* the RealEstate10K test export the official ``Re10KNVSDataset`` reads: ``ROOT/<sequence>/annotations.json``, a list
+  of ``{"idx", "filepath" (relative to ROOT), "intrinsics" (3x3), "extrinsics" (4x4)}``; an id is a position in that
+  list (:func:`official_frame_paths`; a folder of our layout is read in frame order instead). Cameras are not used:
+  the official protocol predicts the target cameras;
+* the optional sequence list ``re10k_test.txt`` (one name per line);
+* :func:`official_resize`: the released ``rescale_image_w_crop`` (Lanczos to 512 on the shorter side + centre crop,
+  then Lanczos to 448), INCLUDING its swap of width and height: it reads ``H, W = image.size`` (PIL gives (width,
+  height)), so a non-square frame is resized anisotropically (RealEstate10K's 640x360 becomes 512 wide x 910 high)
+  before the 512 crop. ``aspect=True`` keeps the aspect ratio instead (a documented deviation, not the default).
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ from vist3a.cameras import Cameras
 from .data import IMAGE_EXTENSIONS, load_clip
 
 __all__ = [
+    "ANNOTATIONS_FILE",
     "CAMERAS_FILE",
     "INDEX_FILE",
     "PosedSequence",
@@ -53,9 +68,13 @@ __all__ = [
     "crop_resize_intrinsics",
     "default_views",
     "find_sequences",
+    "load_official_views",
     "load_views",
+    "official_frame_paths",
+    "official_resize",
     "pad_to_4k1",
     "read_index",
+    "read_index_map",
     "read_sequence",
     "write_synthetic_sequences",
 ]
@@ -64,6 +83,7 @@ logger = logging.getLogger(__name__)
 
 CAMERAS_FILE = "cameras.json"
 INDEX_FILE = "evaluation_index.json"
+ANNOTATIONS_FILE = "annotations.json"  # the official RealEstate10K test export
 
 
 @dataclass
@@ -171,6 +191,89 @@ def read_index(path: str | os.PathLike) -> dict[str, dict[str, list[int]] | None
             raise ValueError(f"evaluation index {path}: entry {name!r} needs 'context' and 'target' lists")
         out[name] = {k: [int(i) for i in entry[k]] for k in ("context", "target")}
     return out
+
+
+def read_index_map(path: str | os.PathLike) -> dict[str, list[int]]:
+    """The official index map ``{sequence: [id, ...]}`` (``re10k_indexmap.json``), in file order; entries of the
+    ``{"context": [...], "target": [...]}`` form become ``context + target``; ``null`` entries are skipped."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the index map {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(  # noqa: TRY004 (bad file contents, not a bad argument type)
+            f"index map {path} must map sequence names to lists of frame ids (re10k_indexmap.json)")
+    out: dict[str, list[int]] = {}
+    for name, entry in data.items():
+        if entry is None:
+            continue
+        if isinstance(entry, dict) and all(isinstance(entry.get(k), list) for k in ("context", "target")):
+            entry = [*entry["context"], *entry["target"]]
+        if not isinstance(entry, list) or not all(isinstance(i, int) for i in entry):
+            raise ValueError(f"index map {path}: entry {name!r} must be a list of frame ids")
+        out[name] = [int(i) for i in entry]
+    return out
+
+
+def official_frame_paths(root: str | os.PathLike, sequence: str) -> list[Path]:
+    """Frame files of ``sequence`` in id order: ``annotations.json`` (official export; ``filepath`` relative to
+    ``root``) when present, else the frames of our layout (``cameras.json`` order, see :func:`read_sequence`)."""
+    root = Path(root)
+    folder = root / sequence
+    anno = folder / ANNOTATIONS_FILE
+    if anno.is_file():
+        try:
+            entries = json.loads(anno.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {anno}: {exc}") from exc
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "filepath" in e for e in entries):
+            raise ValueError(f"{anno}: expected a list of {{'idx', 'filepath', 'intrinsics', 'extrinsics'}} entries")
+        return [root / e["filepath"] for e in entries]
+    if folder.is_dir():
+        return list(read_sequence(folder).images)
+    raise FileNotFoundError(f"sequence {sequence!r}: neither {anno} nor a sequence folder {folder} exists")
+
+
+def official_resize(image, vae_size: int = 512, model_size: int = 448, aspect: bool = False) -> tuple[Tensor, Tensor]:
+    """A PIL image -> (video-size frame (3, S, S), 3D-size frame (3, s, s)) in [0, 1] as the released
+    ``rescale_image_w_crop`` (module docstring): Lanczos resize, centre crop to ``vae_size``, Lanczos resize of the
+    crop to ``model_size``; ``aspect=False`` keeps its width/height swap."""
+    import numpy as np
+    from PIL import Image
+
+    lanczos = Image.Resampling.LANCZOS
+    image = image.convert("RGB")
+    first, second = image.size  # (width, height); the released code names them (H, W)
+    scale = vae_size / min(first, second)
+    if aspect:
+        new_w, new_h = round(first * scale), round(second * scale)
+    else:
+        new_h, new_w = round(first * scale), round(second * scale)
+    big = image.resize((new_w, new_h), resample=lanczos)
+    x0, y0 = max((new_w - vae_size) // 2, 0), max((new_h - vae_size) // 2, 0)
+    crop = big.crop((x0, y0, x0 + vae_size, y0 + vae_size))
+    scale2 = model_size / min(crop.size)
+    small = crop.resize((round(crop.size[1] * scale2), round(crop.size[0] * scale2)), resample=lanczos)
+
+    def to_tensor(im) -> Tensor:  # torchvision's ToTensor: uint8 / 255 in float32
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+
+    return to_tensor(crop), to_tensor(small)
+
+
+def load_official_views(paths: Sequence[Path], vae_size: int = 512, model_size: int = 448, aspect: bool = False
+                        ) -> tuple[Tensor, Tensor]:
+    """Frames -> (video frames (V, 3, S, S), 3D frames (V, 3, s, s)) via :func:`official_resize`."""
+    from PIL import Image
+
+    vids, models = [], []
+    for p in paths:
+        with Image.open(p) as im:
+            v, m = official_resize(im, vae_size, model_size, aspect)
+        vids.append(v)
+        models.append(m)
+    return torch.stack(vids), torch.stack(models)
 
 
 def default_views(num_frames: int, context: int = 8, target: int = 4) -> tuple[list[int], list[int]]:

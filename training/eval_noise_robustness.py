@@ -14,12 +14,13 @@ Per clip (T = 4k+1 frames, 13 by default; video size S, 3D size s = S/16*14):
   its cameras;
 * z = VAE latent of the clean clip (raw, un-normalised; encoder mean by default, ``--latent sample`` for a seeded
   sample); one noise tensor eps ~ N(0, I) per clip, shared by all alphas;
-* for each alpha: ``z' = z + alpha * ||z|| * eps``, where ``||z||`` is per sample the root-mean-square of the latent,
-  ``||z||_F / sqrt(numel)`` (``--norm rms``, default), so that alpha is the noise-to-signal norm ratio
-  (``||z' - z||_F ~= alpha ||z||_F``). The paper writes ``z + alpha ||z|| eps`` without fixing the norm; read as the
-  plain Frobenius norm with unit-variance eps, alpha = 0.01 would already be a noise ``0.01 sqrt(numel)`` times the
-  signal (about 10x for a 13-frame 512 px latent), so we treat alpha as a relative level; ``--norm frobenius`` takes
-  the literal reading;
+* for each alpha: ``z' = z + alpha * ||z|| * eps`` (paper Eq. 7), where ``||z||`` is per sample the plain Frobenius
+  norm of the latent (``--norm frobenius``, default): the reading under which the paper's alphas make sense (its
+  Fig. 8 shows the methods separating already at alpha = 1e-4..2e-4, and the default alphas span that range). Then
+  the noise per element is ``alpha ||z||_F`` standard deviations, i.e. ``alpha sqrt(numel)`` times the latent RMS
+  (about 1,400 alpha for a 13-frame 512 px latent). ``--norm rms`` uses the RMS ``||z||_F / sqrt(numel)`` instead, so
+  that alpha is the noise-to-signal norm ratio (``||z' - z||_F ~= alpha ||z||_F``; this pack's earlier default,
+  with alphas up to 0.5);
   - stitched: the stitched decoder on z' (its Gaussian head reads the VAE decode of z' at the 3D size, as in the
     text-to-3D pipeline);
   - decode-then-reconstruct: the VAE decodes z' to frames, they are resized to the 3D size (bilinear, as the
@@ -36,6 +37,13 @@ vs alpha; AnySplat only) and ``noise_depth.png`` (depth AbsRel vs alpha).
 """
 
 from __future__ import annotations
+
+if __package__ in (None, ""):  # run as `python training/<script>.py`: import it as part of the training package
+    import os as _os
+    import sys as _sys
+
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "training"  # noqa: A001 (PEP 366: makes the relative imports below work)
 
 import argparse
 import logging
@@ -85,7 +93,8 @@ RESULTS_JSON = "noise_results.json"
 SUMMARY_MD = "noise_summary.md"
 PSNR_PNG = "noise_psnr.png"
 DEPTH_PNG = "noise_depth.png"
-DEFAULT_ALPHAS = "0,0.05,0.1,0.2,0.3,0.5"
+#: with the Frobenius norm (default): the paper's range (Fig. 8 separates the methods at 1e-4..2e-4)
+DEFAULT_ALPHAS = "0,5e-5,1e-4,2e-4,5e-4,1e-3"
 CURVE_METRICS = ("psnr_ref_cams", "ssim_ref_cams", "psnr_own_cams", "depth_abs_rel", "rot_err_deg")
 
 
@@ -101,7 +110,7 @@ def latent_norm(z: Tensor, norm: str = "rms") -> Tensor:
     return n.to(z.dtype).view(-1, *([1] * (z.dim() - 1)))
 
 
-def perturb(z: Tensor, alpha: float, eps: Tensor, norm: str = "rms") -> Tensor:
+def perturb(z: Tensor, alpha: float, eps: Tensor, norm: str = "frobenius") -> Tensor:
     """``z + alpha * ||z|| * eps`` (paper D.2) with the per-sample norm of :func:`latent_norm`; alpha = 0 returns
     ``z`` itself (bit-identical)."""
     if alpha == 0:
@@ -306,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base-model", default=None, help="the original (uncut) 3D model: hub id / folder / weights "
                                                       "(default: --base, else lhjiang/anysplat)")
     g.add_argument("--alphas", default=DEFAULT_ALPHAS, help=f"noise levels (default {DEFAULT_ALPHAS})")
-    g.add_argument("--norm", choices=("rms", "frobenius"), default="rms",
-                   help="||z||: per-sample RMS (default; alpha = noise/signal norm ratio) or plain Frobenius norm")
+    g.add_argument("--norm", choices=("rms", "frobenius"), default="frobenius",
+                   help="||z||: per-sample plain Frobenius norm (default, the paper's reading: alpha 1e-4..2e-4 "
+                        "already separates the methods) or RMS (alpha = noise/signal norm ratio)")
     g.add_argument("--render-views", type=int, default=None,
                    help="render only this many evenly spaced views per clip (default all)")
     g.add_argument("--background", type=float, nargs=3, default=None, metavar=("R", "G", "B"),

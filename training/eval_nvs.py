@@ -1,6 +1,31 @@
 """Novel-view synthesis evaluation of a stitched decoder on RealEstate10K-style sequences (the paper's Table:
 8 context + 4 target views; PSNR / SSIM / LPIPS).
 
+Two protocols (``--protocol``):
+
+``official`` (default; the released ``evaluation/novel_view_synthesis_bench`` scripts, whose numbers the published
+table reports: ``anysplat_stitched.pth`` 20.94 PSNR / 0.6944 SSIM / 0.2383 LPIPS), per sequence of the index map
+(``--index`` re10k_indexmap.json; frames from ``annotations.json`` or our layout, see :mod:`training.eval_data`):
+
+1. the ids in index-map order; the last 4 are the targets (taken in reverse order), the others (8) the context,
+   padded to 9 by repeating the last; frames resized by :func:`training.eval_data.official_resize` (512 for the VAE,
+   448 for the heads and the metrics);
+2. pass 1: VAE-encode the 9 context frames (``latent_dist.sample()``), stitched decoder with the real 448 frames for
+   the heads -> Gaussians and the context cameras;
+3. pass 2: the same on the 9 context + 4 target frames (13) -> target cameras (camera-to-world) and normalised
+   intrinsics; target translations scaled by ``mean(pass-1 context translations) / mean(pass-2 context
+   translations)`` (means over all xyz entries, as released);
+4. render at 448x448 at those cameras (AnySplat's renderer ignores the near 0.01 / far 100 it is passed and uses
+   near 1e-10; background white as in AnySplat's decoder config, ``--background`` to change);
+5. prediction and ground truth quantised to 8 bits as the released ``save_image`` does (``uint8(clip(x, 0, 1) *
+   255)``, truncating) and read back;
+6. PSNR (AnySplat's), SSIM with scikit-image's settings (window 11, Gaussian weights, sample covariance), LPIPS VGG
+   (the ``lpips`` package when installed, else ours with the same weights); per sequence, then the mean over
+   sequences.
+
+``sim3`` (this pack's earlier protocol, below): ground-truth target poses mapped into the prediction's frame by a
+similarity fit of the context cameras; LPIPS AlexNet, SSIM without sample covariance, no quantisation.
+
 Usage::
 
     python -m training.eval_nvs --data /data/re10k_test --decoder HJGO/VIST3A/anysplat_stitched.pth \\
@@ -49,6 +74,13 @@ Writes into ``--output`` only, at the end, atomically (Ctrl-C leaves no partial 
 
 from __future__ import annotations
 
+if __package__ in (None, ""):  # run as `python training/<script>.py`: import it as part of the training package
+    import os as _os
+    import sys as _sys
+
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "training"  # noqa: A001 (PEP 366: makes the relative imports below work)
+
 import argparse
 import json
 import logging
@@ -68,6 +100,9 @@ from vist3a.io.atomic import atomic_write
 from .eval_data import (
     INDEX_FILE,
     PosedSequence,
+    load_official_views,
+    official_frame_paths,
+    read_index_map,
     align_similarity,
     apply_similarity,
     default_views,
@@ -78,11 +113,12 @@ from .eval_data import (
     read_sequence,
     write_synthetic_sequences,
 )
-from .metrics import load_lpips, psnr, ssim
+from .metrics import load_lpips, load_lpips_official, psnr, ssim
 from .runtime import run_cli
 
-__all__ = ["add_model_arguments", "build_models", "build_parser", "evaluate", "main", "predict_scene",
-           "render_views", "summarise", "write_results"]
+__all__ = ["add_model_arguments", "build_models", "build_parser", "evaluate", "evaluate_official",
+           "evaluate_sequence_official", "main", "map_targets", "official_target_cameras", "predict_scene",
+           "quantize_8bit", "render_views", "summarise", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +195,8 @@ def predict_scene(decoder, raw: Tensor, frames3d: Tensor):
                            frames3d.to(device=param.device, dtype=param.dtype))
 
 
-def render_views(gaussians, cameras: Cameras, background: Sequence[float] | None = None) -> Tensor:
+def render_views(gaussians, cameras: Cameras, background: Sequence[float] | None = None, *,
+                 near_plane: float = 0.01, far_plane: float = 1e10) -> Tensor:
     """Render float32 Gaussians at ``cameras`` -> images (V, 3, H, W) in [0, 1]."""
     from vist3a.render import render
 
@@ -167,7 +204,7 @@ def render_views(gaussians, cameras: Cameras, background: Sequence[float] | None
     cams = cameras.to(device=g.means.device, dtype=torch.float32)
     bg = None if background is None else torch.tensor(list(background), dtype=torch.float32, device=g.means.device)
     with torch.no_grad():
-        out = render(g, cams, background=bg)
+        out = render(g, cams, background=bg, near_plane=near_plane, far_plane=far_plane)
     return out.rgb.permute(0, 3, 1, 2).clamp(0, 1)
 
 
@@ -228,6 +265,152 @@ def evaluate_sequence(seq: PosedSequence, context: Sequence[int], target: Sequen
             "views": views, "metrics": means, "alignment": align}
 
 
+# ============================================================================================ official protocol
+OFFICIAL_TARGETS = 4
+OFFICIAL_NEAR = 1e-10  # AnySplat's renderer hard-codes near_plane=1e-10 (the 0.01 / 100 it is given are unused)
+OFFICIAL_BACKGROUND = (1.0, 1.0, 1.0)  # AnySplat's decoder config (splatting_cuda.yaml)
+
+
+def quantize_8bit(images: Tensor) -> Tensor:
+    """The released ``save_image`` + ``ToTensor`` round trip: ``uint8(clip(x, 0, 1) * 255)`` (truncation, float32
+    arithmetic) read back as ``/ 255`` float32."""
+    return (images.float().clip(0, 1) * 255).to(torch.uint8).float().div(255)
+
+
+def official_split(n: int, targets: int = OFFICIAL_TARGETS) -> tuple[list[int], list[int]]:
+    """Positions in an index-map entry of n ids: (context = all but the last ``targets``, in order; targets = the
+    last ``targets`` in REVERSE order), as the released script (``list(range(n))[::-1][:4]``)."""
+    if n <= targets:
+        raise ValueError(f"an index-map entry needs more than {targets} ids, got {n}")
+    tgt = list(range(n))[::-1][:targets]
+    return [i for i in range(n) if i not in tgt], tgt
+
+
+def official_target_cameras(context_c2w: Tensor, joint_c2w: Tensor, joint_k_norm: Tensor, n_context: int,
+                            width: int, height: int) -> tuple[Cameras, float]:
+    """Target cameras of the released protocol from pass 1 (``context_c2w`` (C, 4, 4)) and pass 2 on context +
+    targets (``joint_c2w`` (C + T, 4, 4), normalised intrinsics ``joint_k_norm`` (C + T, 3, 3)): pass-2 target poses
+    with translations scaled by ``mean(t_ctx, pass 1) / mean(t_ctx, pass 2)``, intrinsics in pixels. Returns
+    (cameras, scale)."""
+    scale = context_c2w[:, :3, 3].double().mean() / joint_c2w[:n_context, :3, 3].double().mean()
+    c2w = joint_c2w[n_context:].double().clone()
+    c2w[:, :3, 3] = c2w[:, :3, 3] * scale
+    k = joint_k_norm[n_context:].double().clone()
+    k[:, 0] = k[:, 0] * width
+    k[:, 1] = k[:, 1] * height
+    return Cameras(c2w.float(), k.float(), width, height), float(scale)
+
+
+def evaluate_sequence_official(name: str, paths: Sequence[Path], vae, decoder, *, vae_size: int, model_size: int,
+                               seed: int, lpips=None, background: Sequence[float] | None = OFFICIAL_BACKGROUND,
+                               aspect: bool = False) -> dict[str, Any]:
+    """One sequence of the official protocol (module docstring); ``paths`` are its frames in index-map order."""
+    ctx_pos, tgt_pos = official_split(len(paths))
+    video, frames = load_official_views(paths, vae_size, model_size, aspect)
+    padded = [*ctx_pos, ctx_pos[-1]] if (len(ctx_pos) - 1) % 4 else list(ctx_pos)
+    raw1 = encode(vae, video[padded], seed)
+    pass1 = predict_scene(decoder, raw1, frames[padded][None])
+    if not hasattr(pass1, "gaussians"):
+        raise ValueError(f"eval_nvs: the {decoder.kind} decoder predicts no Gaussians; novel-view synthesis needs a "
+                         "stitched AnySplat decoder")
+    joint = [*padded, *tgt_pos]
+    if (len(joint) - 1) % 4:
+        raise ValueError(f"{name}: {len(padded)} context + {len(tgt_pos)} target frames is not 4k+1; the official "
+                         "protocol uses 8 context + 4 targets (12 ids per index-map entry)")
+    raw2 = encode(vae, video[joint], seed + 1_000_003)
+    pass2 = predict_scene(decoder, raw2, frames[joint][None])
+    cams, scale = official_target_cameras(pass1.raw["c2w"][0].cpu(), pass2.raw["c2w"][0].cpu(),
+                                          pass2.raw["intrinsic_normalized"][0].cpu(), len(padded), model_size,
+                                          model_size)
+    renders = render_views(pass1.gaussians[0], cams, background, near_plane=OFFICIAL_NEAR)
+    pred = quantize_8bit(renders).cpu()
+    gt = quantize_8bit(frames[tgt_pos])
+    views = {"psnr": psnr(pred, gt).tolist(),
+             "ssim": ssim(pred.double(), gt.double(), sample_covariance=True).tolist()}
+    if lpips is not None:
+        with torch.no_grad():
+            views["lpips"] = [float(v) for v in lpips(pred.to(_lpips_device(lpips)), gt.to(_lpips_device(lpips)))]
+    means = {k: _mean(v) for k, v in views.items()}
+    return {"sequence": name, "context": ctx_pos, "padded_context": padded, "target": tgt_pos, "views": views,
+            "metrics": means, "alignment": {"scale": scale}}
+
+
+def _lpips_device(metric) -> torch.device:
+    """Where an LPIPS callable wants its inputs: ``metric.device`` (load_lpips_official), a module's parameters."""
+    if hasattr(metric, "device"):
+        return torch.device(metric.device)
+    params = getattr(metric, "parameters", None)
+    return next(params()).device if callable(params) else torch.device("cpu")
+
+
+def plan_official(root: str | Path, index_path: str | Path | None, seq_list: str | Path | None,
+                  limit: int | None) -> list[tuple[str, list[Path]]]:
+    """(sequence, frame files in index-map order) for every index-map sequence found under ``root`` (and in
+    ``seq_list`` when given), in index-map order."""
+    root = Path(root)
+    if index_path is None:
+        raise ValueError("--protocol official needs --index re10k_indexmap.json (the released index map; "
+                         "{sequence: [12 frame ids]}), or use --protocol sim3")
+    index = read_index_map(index_path)
+    wanted = None
+    if seq_list:
+        wanted = {ln.strip() for ln in Path(seq_list).read_text().splitlines() if ln.strip()}
+    jobs, missing = [], 0
+    for name, ids in index.items():
+        if wanted is not None and name not in wanted:
+            continue
+        if not (root / name).is_dir():
+            missing += 1
+            continue
+        frames = official_frame_paths(root, name)
+        bad = [i for i in ids if not 0 <= i < len(frames)]
+        if bad:
+            raise ValueError(f"sequence {name}: index-map ids {bad} out of range 0..{len(frames) - 1}")
+        jobs.append((name, [frames[i] for i in ids]))
+        if limit and len(jobs) >= limit:
+            break
+    if missing:
+        logger.warning("%d index-map sequences are not under %s (skipped)", missing, root)
+    if not jobs:
+        raise ValueError(f"no index-map sequence of {index_path} found under {root}")
+    return jobs
+
+
+def evaluate_official(args: argparse.Namespace, data_root: str | Path) -> dict[str, Any]:
+    """The official protocol over the index map; returns the report written by :func:`write_results`."""
+    from tqdm import tqdm
+
+    vae, decoder, device = build_models(args)
+    vae_size = args.vae_size or (64 if args.preset == "tiny" else 512)
+    model_size = decoder.model_size_for((vae_size, vae_size))[0]
+    jobs = plan_official(data_root, args.index, args.seq_list, args.limit)
+    lpips, note, source = None, None, None
+    if not args.no_lpips:
+        lpips, source = load_lpips_official(args.lpips_net or "vgg", device=device)
+        if lpips is None:
+            note = f"LPIPS skipped: {source}"
+    else:
+        note = "LPIPS skipped (--no-lpips)"
+    background = tuple(args.background) if args.background is not None else OFFICIAL_BACKGROUND
+    results = []
+    t0 = time.perf_counter()
+    for i, (name, paths) in enumerate(tqdm(jobs, desc="nvs", unit="seq", disable=args.quiet)):
+        r = evaluate_sequence_official(name, paths, vae, decoder, vae_size=vae_size, model_size=model_size,
+                                       seed=args.seed + i, lpips=lpips, background=background,
+                                       aspect=args.resize == "aspect")
+        logger.info("%s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items()))
+        results.append(r)
+    settings = {"protocol": "official", "data": str(data_root), "index": str(args.index),
+                "decoder": "tiny" if args.preset == "tiny" else (args.decoder or "published"),
+                "vae": "tiny" if args.preset == "tiny" else args.vae_path, "vae_size": vae_size,
+                "model_size": model_size, "latent": args.latent, "resize": args.resize,
+                "background": list(background), "seed": args.seed, "lpips_net": args.lpips_net or "vgg",
+                "lpips_source": source, "ssim": "scikit-image settings (win 11, gaussian, sample covariance)",
+                "quantisation": "8 bit (truncating)", "seconds": time.perf_counter() - t0}
+    return {"settings": settings, "overall": summarise(results), "sequences": results,
+            "notes": [note] if note else []}
+
+
 def _mean(values: Sequence[float]) -> float:
     """Mean of the non-NaN values (inf when one is inf: the PSNR of identical images); NaN when none."""
     vals = [float(v) for v in values if not math.isnan(float(v))]
@@ -282,6 +465,7 @@ def evaluate(args: argparse.Namespace, data_root: str | Path) -> dict[str, Any]:
     vae_size = args.vae_size or (64 if args.preset == "tiny" else 512)
     model_size = decoder.model_size_for((vae_size, vae_size))[0]
     jobs = plan(data_root, args.context, args.target, args.index, args.limit)
+    args.lpips_net = args.lpips_net or "alex"
     lpips, note = None, None
     if not args.no_lpips:
         lpips = load_lpips(args.lpips_net, device=device)
@@ -363,8 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=None, help="RE10K-style root: ROOT/<sequence>/{images/,cameras.json}")
     d.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="evaluate N synthetic sequences with known cameras (written under --output/synthetic_data)")
-    d.add_argument("--index", default=None, help=f"evaluation index JSON (default: ROOT/{INDEX_FILE} if present, "
+    d.add_argument("--protocol", choices=("official", "sim3"), default="official",
+                   help="official (default): the released VIST3A protocol (second pass for target poses, 8-bit PNGs, "
+                        "LPIPS VGG, scikit-image SSIM); sim3: GT target poses through a similarity fit of the "
+                        "context cameras (module docstring)")
+    d.add_argument("--index", default=None, help="official: the index map re10k_indexmap.json ({sequence: [12 ids]}); "
+                                                  f"sim3: evaluation index JSON (default ROOT/{INDEX_FILE} if present, "
                                                   "else evenly spaced views)")
+    d.add_argument("--seq-list", default=None, help="official: only these sequences (re10k_test.txt, one per line)")
+    d.add_argument("--resize", choices=("official", "aspect"), default="official",
+                   help="official: the released resize (with its width/height swap for non-square frames); "
+                        "aspect: keep the aspect ratio")
     d.add_argument("--context", type=int, default=8, help="context views without an index (default 8)")
     d.add_argument("--target", type=int, default=4, help="target views without an index (default 4)")
     d.add_argument("--limit", type=int, default=None, help="evaluate at most this many sequences")
@@ -379,10 +572,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target-intrinsics", choices=("gt", "predicted"), default="gt",
                    help="target intrinsics: ground truth (default) or the mean predicted context intrinsics")
     e.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
-    e.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
+    e.add_argument("--lpips-net", choices=("alex", "vgg"), default=None,
+                   help="LPIPS backbone (default: vgg for official, alex for sim3)")
     p.add_argument("--output", required=True, help="output folder (nothing is written elsewhere)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _synthetic_index_map(root: Path, path: Path) -> Path:
+    """An official-style index map (12 ids per sequence: 8 context spread over the clip, 4 targets between them)
+    for the synthetic sequences of ``--synthetic``."""
+    index = {}
+    for folder in find_sequences(root):
+        ctx, tgt = default_views(len(read_sequence(folder)), 8, 4)
+        index[folder.name] = [*ctx, *tgt]
+    write_json(path, index)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -394,13 +599,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("pass exactly one of --data ROOT or --synthetic N")
         if args.preset is None and args.decoder is None:
             logger.info("no --decoder: using the published HJGO/VIST3A/anysplat_stitched.pth")
+        if args.protocol == "official" and not args.synthetic and args.index is None:
+            raise ValueError("--protocol official needs --index re10k_indexmap.json (the released index map, "
+                             "{sequence: [12 frame ids]}); or use --protocol sim3")
         root = args.data
         if args.synthetic:
             size = args.vae_size or (64 if args.preset == "tiny" else 512)
             root = Path(args.output) / "synthetic_data"
             frames = max(16, args.context + args.target + 4)
             write_synthetic_sequences(root, args.synthetic, frames, size, width=size + size // 4, seed=args.seed)
-        report = evaluate(args, root)
+            if args.protocol == "official" and args.index is None:
+                args.index = str(_synthetic_index_map(root, Path(args.output) / "synthetic_index_map.json"))
+        if args.protocol == "official":
+            report = evaluate_official(args, root)
+        else:
+            args.lpips_net = args.lpips_net or "alex"
+            report = evaluate(args, root)
         paths = write_results(args.output, report)
         o = report["overall"]
         logger.info("overall over %d sequences: PSNR %s, SSIM %s, LPIPS %s; wrote %s", o["sequences"],

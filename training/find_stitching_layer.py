@@ -1,5 +1,10 @@
 """Find the stitching layer: closed-form (ridge) fit of the stitching conv from video latents to every candidate
-layer of the 3D model, ranked by held-out MSE (the paper's Fig. 5 analysis and the stitching-layer initialisation).
+layer of the 3D model, ranked by MSE (the paper's Fig. 5 analysis and the stitching-layer initialisation).
+
+``--numerics official`` (default) reproduces the released ``find_layer_for_stitching.py`` (zero-padded im2col, no
+intercept, ridge on the full diagonal, bias = mean residual, float16 feature cache, bf16 autocast on CUDA, ranked by
+the training MSE of the resulting conv); ``--numerics ours`` fits the conv as it runs (replicate padding, jointly
+solved bias, float32 forward) and ranks by held-out MSE (vist3a/stitching/search.py).
 
 Usage::
 
@@ -29,6 +34,13 @@ Writes into ``--out`` only, at the end (rank 0; every file atomically, so Ctrl-C
 
 from __future__ import annotations
 
+if __package__ in (None, ""):  # run as `python training/<script>.py`: import it as part of the training package
+    import os as _os
+    import sys as _sys
+
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "training"  # noqa: A001 (PEP 366: makes the relative imports below work)
+
 import argparse
 import csv
 import io
@@ -46,7 +58,7 @@ import torch
 
 from vist3a.io.atomic import atomic_path, atomic_write
 from vist3a.stitching.config import RELEASED_CONFIG, StitchingConfig
-from vist3a.stitching.search import DEFAULT_RIDGE, LayerSearch, SearchResult, reduce_
+from vist3a.stitching.search import DEFAULT_RIDGE, NUMERICS, LayerSearch, SearchResult, reduce_
 from vist3a.stitching.vae import load_video_vae, tiny_video_vae
 
 from .data import (
@@ -125,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default: all DINOv2 blocks) or 'all'")
     fit.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help="ridge lambda (default 1e-4)")
     fit.add_argument("--no-cka", action="store_true", help="skip CKA (saves layers x D^2 floats)")
+    fit.add_argument("--numerics", choices=NUMERICS, default="official",
+                     help="official (default): the released search (zero-padded im2col, no intercept, ridge on the "
+                          "full diagonal, bias = mean residual, float16 feature cache, bf16 autocast on CUDA, ranked "
+                          "by training MSE); ours: replicate padding as the conv, jointly solved bias, float32, "
+                          "ranked by held-out MSE (vist3a.stitching.search)")
+    fit.add_argument("--official", dest="numerics", action="store_const", const="official",
+                     help="same as --numerics official")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -229,7 +248,10 @@ def _accumulate(search: LayerSearch, model, vae, dataset, split: str, args, devi
     for batch in loader:
         latent = vae.encode(batch["vae"].to(device))
         images = batch["model"].to(device=device, dtype=next(model.parameters()).dtype)
-        acts = model.capture(images, search.layers)
+        # the released search runs AnySplat under bf16 autocast (CUDA only; a no-op elsewhere)
+        with torch.autocast("cuda", dtype=torch.bfloat16,
+                            enabled=search.numerics == "official" and device.type == "cuda"):
+            acts = model.capture(images, search.layers)
         search.update(latent, acts, grid_hw=(grid, grid), split=split)
         progress.update(latent.shape[0] * world)
 
@@ -286,7 +308,8 @@ def run(args: argparse.Namespace) -> SearchResult | None:
         split_info = (f"{len(tr_scenes)} train / {len(ho_scenes)} held-out scenes" if tr_scenes is not ho_scenes
                       else "one scene: held-out clips differ by seed only")
     search = LayerSearch(config, layers, in_channels=vae.latent_channels, temporal_factor=vae.temporal_compression,
-                         cka=not args.no_cka, heldout=held is not None and args.heldout > 0, device=device)
+                         cka=not args.no_cka, heldout=held is not None and args.heldout > 0, device=device,
+                         numerics=args.numerics)
     if rank == 0:
         logger.info("layer search: %d layers, config %s, accumulators %.1f MB (flat in the number of samples)",
                     len(layers), config.to_string(), search.nbytes() / 2**20)

@@ -37,6 +37,15 @@ inverse of ``extrinsic``), ``world_points`` (the Gaussian means), ``intrinsic`` 
 Gaussians are compared per pixel, which needs ``config.voxelize = False`` (the training setting): with voxel fusion
 the two models give different Gaussian counts and :func:`stitched_loss` raises.
 
+Recipes (``--recipe`` of train_stitched_decoder; :func:`loss_weights`): ``paper`` is the table above; ``official``
+(:class:`OfficialAnySplatLossWeights`, the released ``TaskLossAnySplat``) has the same weights but
+
+* depth_grad = :func:`official_gradient_l1`: the released ``gradient_loss_multi_scale`` applied to the (B, V, H, W,
+  1) depth maps as they are, i.e. finite differences along H and ACROSS VIEWS (dims 2 and 1), clamped at 100, summed
+  and divided by B * V * H; multiscale by striding V and H by 2**s (not pooling), averaged over 4 scales;
+* extrinsics = L1 of the camera-to-world 4x4 matrices (``c2w``, AnySplat's ``pred_context_pose``) instead of the
+  world-to-camera 3x4.
+
 VGGT (:class:`VGGTLossWeights`): pose 5 (``pose_enc_list``), depth 1, world_points 1, confidences 5e-3
 (``depth_conf``, ``world_points_conf``), gradient terms 5e-3 (``depth_grad``, ``world_points_grad``).
 """
@@ -52,12 +61,15 @@ from torch import Tensor
 
 __all__ = [
     "GAUSSIAN_FIELDS",
+    "RECIPES",
     "AnySplatLossWeights",
+    "OfficialAnySplatLossWeights",
     "VGGTLossWeights",
     "gaussian_l1",
     "gradient_l1",
     "l1",
     "loss_weights",
+    "official_gradient_l1",
     "stitched_loss",
 ]
 
@@ -99,6 +111,16 @@ class AnySplatLossWeights:
 
 
 @dataclass(frozen=True)
+class OfficialAnySplatLossWeights(AnySplatLossWeights):
+    """The released ``TaskLossAnySplat``: the paper weights, with its depth-gradient term
+    (:func:`official_gradient_l1`) and its extrinsics term (camera-to-world 4x4)."""
+
+    SOURCES: ClassVar[dict[str, tuple[str, str]]] = {
+        **AnySplatLossWeights.SOURCES, "depth_grad": ("depth", "grad_official"), "extrinsics": ("c2w", "l1"),
+    }
+
+
+@dataclass(frozen=True)
 class VGGTLossWeights:
     """Paper weights for stitched VGGT: pose 5, depth / points 1, confidences 5e-3, gradient terms 5e-3."""
 
@@ -120,10 +142,16 @@ class VGGTLossWeights:
         return list(asdict(self).items())
 
 
-def loss_weights(kind: str) -> AnySplatLossWeights | VGGTLossWeights:
-    """Default (paper) weights for ``"anysplat"`` or ``"vggt"``."""
+RECIPES = ("official", "paper")
+
+
+def loss_weights(kind: str, recipe: str = "paper") -> AnySplatLossWeights | VGGTLossWeights:
+    """Weights for ``"anysplat"`` or ``"vggt"``: ``recipe="paper"`` (module docstring) or ``"official"`` (the
+    released AnySplat loss; VGGT stitching was never released, so VGGT always gets the paper weights)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"loss_weights: unknown recipe {recipe!r}; use one of {RECIPES}")
     if kind == "anysplat":
-        return AnySplatLossWeights()
+        return OfficialAnySplatLossWeights() if recipe == "official" else AnySplatLossWeights()
     if kind == "vggt":
         return VGGTLossWeights()
     raise ValueError(f"loss_weights: unknown model kind {kind!r}; use 'anysplat' or 'vggt'")
@@ -178,6 +206,26 @@ def gradient_l1(pred: Tensor, target: Tensor, scales: int = 4) -> Tensor:
     return total / max(used, 1)
 
 
+def official_gradient_l1(pred: Tensor, target: Tensor, scales: int = 4) -> Tensor:
+    """The released depth-gradient loss on maps (B, V, H, W, C) taken as they are (``gradient_loss_multi_scale``).
+
+    With ``d = pred - target`` and ``d_s = d[:, ::2**s, ::2**s]`` (strides over V and H), per scale
+    ``(sum |d_s[:, :, 1:] - d_s[:, :, :-1]|.clamp(max=100) + sum |d_s[:, 1:] - d_s[:, :-1]|.clamp(max=100)) /
+    (B * V_s * H_s)`` -- differences along H (dim 2) and ACROSS VIEWS (dim 1), a sum over W and C divided by
+    B * V_s * H_s only -- and the mean over the ``scales`` scales (computed in float32)."""
+    _check_shapes("official_gradient_l1", pred, target)
+    if pred.dim() < 3:
+        raise ValueError(f"official_gradient_l1: expected (B, V, H, ...) maps, got {tuple(pred.shape)}")
+    diff = pred.float() - target.float()
+    total = diff.new_zeros(())
+    for s in range(scales):
+        d = diff[:, ::2 ** s, ::2 ** s]
+        gx = (d[:, :, 1:] - d[:, :, :-1]).abs().clamp(max=100)
+        gy = (d[:, 1:] - d[:, :-1]).abs().clamp(max=100)
+        total = total + (gx.sum() + gy.sum()) / (d.shape[0] * d.shape[1] * d.shape[2])
+    return total / scales
+
+
 def gaussian_l1(pred: list, target: list, field: str) -> Tensor:
     """L1 of one :class:`~vist3a.models.heads.GaussianAdapterOutput` field over the batch: ``pred`` / ``target``
     are lists (one per batch item) of Gaussians with per-pixel correspondence (same count N)."""
@@ -213,6 +261,8 @@ def stitched_loss(pred: dict[str, Any], target: dict[str, Any], weights: AnySpla
             value = l1(pred[source], target[source])
         elif how == "grad":
             value = gradient_l1(pred[source], target[source])
+        elif how == "grad_official":
+            value = official_gradient_l1(pred[source], target[source])
         else:
             value = gaussian_l1(pred[source], target[source], name)
         terms[name] = value

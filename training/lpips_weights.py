@@ -24,6 +24,13 @@ Check: the linear layers of ``alexnet.ckpt`` are bit-identical to the ``lpips`` 
 
 from __future__ import annotations
 
+if __package__ in (None, ""):  # run as `python training/<script>.py`: import it as part of the training package
+    import os as _os
+    import sys as _sys
+
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "training"  # noqa: A001 (PEP 366: makes the relative imports below work)
+
 import argparse
 import importlib
 import io

@@ -34,6 +34,7 @@ __all__ = [
     "LPIPS",
     "LPIPS_BACKBONE_FILES",
     "load_lpips",
+    "load_lpips_official",
     "lpips_search_paths",
     "psnr",
     "ssim",
@@ -70,11 +71,13 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.
 
 
 def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0, *, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> Tensor:
+         k1: float = 0.01, k2: float = 0.03, sample_covariance: bool = False) -> Tensor:
     """Structural similarity per image, ``(B,)``: Gaussian window ``window_size`` (sigma ``sigma``), constants
     ``(k1 L)^2, (k2 L)^2`` with ``L = data_range``, valid filtering, mean over channels and pixels (scikit-image's
     ``structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=L,
-    channel_axis=0)`` for each image)."""
+    channel_axis=0)`` for each image). ``sample_covariance=True`` scales the (co)variances by ``N / (N - 1)`` with
+    ``N = window_size**2``: scikit-image's default ``use_sample_covariance=True``, which AnySplat's and VIST3A's
+    evaluation use (``win_size=11, gaussian_weights=True``)."""
     _check_pair(pred, target, "ssim")
     _, c, h, w = pred.shape
     if h < window_size or w < window_size:
@@ -97,6 +100,9 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0, *, window_size: 
     sxx = blur(x * x) - mu_x**2
     syy = blur(y * y) - mu_y**2
     sxy = blur(x * y) - mu_x * mu_y
+    if sample_covariance:
+        n = window_size**2
+        sxx, syy, sxy = (v * (n / (n - 1)) for v in (sxx, syy, sxy))
     mu_x, mu_y = mu_x + offset, mu_y + offset
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
@@ -305,3 +311,34 @@ def load_lpips(net: str = "alex", device: str | torch.device | None = None) -> L
     model = LPIPS.from_files(backbone, linear, net=net)
     return model.to(device) if device is not None else model
 
+
+
+def load_lpips_official(net: str = "vgg", device: str | torch.device | None = None):
+    """The LPIPS of AnySplat's / VIST3A's evaluation: ``lpips.LPIPS(net="vgg")`` of the ``lpips`` package when it is
+    installed and can build its backbone offline (torchvision weights cached), else :func:`load_lpips` (ours, the
+    same v0.1 weights and formula). Returns ``(metric(pred, target) -> (B,), source)`` (``metric.device``: where its
+    inputs go) with ``source`` one of
+    ``"lpips package"``, ``"vist3a"``; ``(None, reason)`` when no weights are found."""
+    try:
+        import lpips as lpips_pkg  # noqa: F401 (optional; pulls torchvision)
+
+        model = lpips_pkg.LPIPS(net=net, verbose=False)
+        model = model.to(device) if device is not None else model
+        model.eval().requires_grad_(False)
+
+        def metric(pred: Tensor, target: Tensor) -> Tensor:
+            return model(pred, target, normalize=True).reshape(-1)
+
+        metric.device = torch.device(device) if device is not None else torch.device("cpu")
+        return metric, "lpips package"
+    except Exception as err:  # not installed, or its torchvision backbone is not available offline
+        logger.info("lpips package unavailable (%s: %s); using vist3a's LPIPS with the same v0.1 weights",
+                    type(err).__name__, err)
+    ours = load_lpips(net, device=device)
+    if ours is None:
+        return None, f"LPIPS({net}) weights not found locally (see training/metrics.py load_lpips)"
+    def metric_ours(pred: Tensor, target: Tensor) -> Tensor:
+        return ours(pred, target, normalize=True)
+
+    metric_ours.device = next(ours.parameters()).device
+    return metric_ours, "vist3a"

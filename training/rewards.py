@@ -24,6 +24,19 @@ Rewards of the paper (defaults of ``--reward``, :data:`DEFAULT_REWARDS`):
   of the decoded scene at the predicted cameras, on the V sampled views; 0 is the maximum. Without LPIPS weights
   (:func:`training.metrics.load_lpips` returns None) only the L1 term is used (logged once).
 
+The released training code (``align_drtune --recipe official``, reward ``official``; :class:`OfficialReward`) uses
+instead a loss on 13 renders (every predicted camera) plus 1 random decoded frame, each
+``0.25 |1 - PickScore / 100| + 0.25 (1 - cos_DFN)`` averaged over the images, summed over the two sets, no
+consistency term; the reward is its negative. Scorers, from their public hub ids (:func:`official_scorers`):
+
+* PickScore (:class:`PickScoreScorer`): transformers ``CLIPModel`` ``yuvalkirstain/PickScore_v1`` with the
+  tokenizer of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``; images scaled to [0, 255], shorter side resized to 224
+  (bicubic, antialiased), centre crop 224, back to [0, 1], CLIP normalisation; score = ``logit_scale.exp() * cos /
+  100``; text padded to the longest prompt, truncated at 77;
+* DFN5B CLIP ViT-H-14-378 (:class:`DfnClipScorer`): open_clip ``hf-hub:apple/DFN5B-CLIP-ViT-H-14-378`` when open_clip
+  is installed, else the transformers ``CLIPModel`` files of the same hub repository; images resized to 378x378
+  (bilinear, antialiased; no crop), CLIP normalisation; unit-embedding cosine.
+
 Toy rewards for tests and smoke runs: ``toy_latent`` (``-mean((latent - target)^2)``, target 0 unless given) and
 ``brightness`` (mean of the decoded frames).
 """
@@ -35,6 +48,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -43,6 +57,11 @@ from torch import Tensor, nn
 
 __all__ = [
     "DEFAULT_REWARDS",
+    "OFFICIAL_REWARDS",
+    "DfnClipScorer",
+    "OfficialReward",
+    "PickScoreScorer",
+    "official_scorers",
     "REWARD_NAMES",
     "BrightnessReward",
     "ClipScorer",
@@ -65,7 +84,12 @@ logger = logging.getLogger("vist3a.training.rewards")
 
 #: The paper's reward mix (quality x 1/16 on decoded frames and on renders, consistency x 0.05).
 DEFAULT_REWARDS = "quality_frames:0.0625,quality_renders:0.0625,consistency:0.05"
-REWARD_NAMES = ("quality_frames", "quality_renders", "consistency", "toy_latent", "brightness")
+#: The released reward (PickScore + DFN5B CLIP, 0.25 each inside, on all renders + 1 decoded frame).
+OFFICIAL_REWARDS = "official:1"
+REWARD_NAMES = ("quality_frames", "quality_renders", "consistency", "official", "toy_latent", "brightness")
+PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
+PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+DFN_MODEL = "apple/DFN5B-CLIP-ViT-H-14-378"
 LPIPS_WEIGHT = 0.25
 #: OpenAI CLIP normalisation (used when a model folder has no preprocessor config).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -401,6 +425,179 @@ class OpenClipScorer(_CosineScorer):
         return self.model.encode_image(pixels)
 
 
+# ============================================================================================ released scorers
+def _tiny_clip(seed: int):
+    from transformers import CLIPConfig, CLIPModel
+
+    from vist3a.pipeline.presets import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "pad_token_id": 0, "bos_token_id": 1,
+            "eos_token_id": 1}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)), tok
+
+
+def _normalise(x: Tensor) -> Tensor:
+    m = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+class PickScoreScorer(nn.Module):
+    """PickScore as the released reward computes it (module docstring): ``(images (N, 3, H, W) in [0, 1], N
+    prompts) -> (N,)`` scaled score ``logit_scale.exp() * cos / 100``, differentiable w.r.t. the images."""
+
+    def __init__(self, model: nn.Module, tokenizer, image_size: int = 224, name: str = "pickscore") -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer, self.image_size, self.name = tokenizer, int(image_size), name
+
+    @classmethod
+    def from_pretrained(cls, model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR,
+                        dtype: torch.dtype = torch.float32) -> PickScoreScorer:
+        from transformers import AutoTokenizer, CLIPModel
+
+        try:
+            clip = CLIPModel.from_pretrained(model, torch_dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(processor)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"PickScore: cannot load {model!r} (CLIPModel) / the tokenizer of {processor!r} ({err}); "
+                             "pass local folders with --pickscore / --pickscore-processor") from err
+        return cls(clip, tok, 224, name=f"pickscore:{model}")
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> PickScoreScorer:
+        """A tiny random ``CLIPModel`` (the PickScore class) for offline tests; 32 px crops."""
+        model, tok = _tiny_clip(seed)
+        return cls(model, tok, 32, name="pickscore:tiny")
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> the released PickScore input: x255, shorter side -> size (bicubic, antialiased; the longer
+        side ``L * size // S``), centre crop (offset ``L // 2 - size // 2``), /255, CLIP normalisation."""
+        x = images.float().clamp(0, 1) * 255.0
+        h, w = x.shape[-2:]
+        size = self.image_size
+        nh, nw = (size, w * size // h) if h < w else (h * size // w, size)
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+        top, left = nh // 2 - size // 2, nw // 2 - size // 2
+        x = x[:, :, top:top + size, left:left + size] * (1.0 / 255.0)
+        return _normalise(x)
+
+    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        param = next(self.model.parameters())
+        pixels = self.preprocess(images).to(device=param.device, dtype=param.dtype)
+        img = F.normalize(_features(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1)
+        with torch.no_grad():
+            tok = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+            txt = _features(self.model.get_text_features(input_ids=tok["input_ids"].to(param.device),
+                                                         attention_mask=tok["attention_mask"].to(param.device)))
+            txt = F.normalize(txt.float(), dim=-1)
+        return self.model.logit_scale.exp().float() * (img * txt).sum(-1) / 100.0
+
+
+class DfnClipScorer(nn.Module):
+    """DFN5B CLIP as the released reward computes it: ``(images in [0, 1], prompts) -> (N,)`` cosine of unit
+    embeddings; images resized to ``image_size`` squared (bilinear, antialiased), CLIP normalisation. ``model`` is
+    an open_clip model (``encode_image`` / ``encode_text``) or a transformers ``CLIPModel``."""
+
+    def __init__(self, model: nn.Module, tokenizer, image_size: int = 378, name: str = "dfn5b") -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer, self.image_size, self.name = tokenizer, int(image_size), name
+        self.open_clip = hasattr(model, "encode_image")
+
+    @classmethod
+    def from_pretrained(cls, source: str = DFN_MODEL, dtype: torch.dtype = torch.float32) -> DfnClipScorer:
+        """open_clip ``hf-hub:<source>`` when open_clip is installed (the released code), else the transformers
+        ``CLIPModel`` files of ``source`` (a hub id or a local folder)."""
+        try:
+            import open_clip
+        except ImportError:
+            open_clip = None
+        if open_clip is not None and not Path(source).exists():
+            model = open_clip.create_model(f"hf-hub:{source}")
+            return cls(model.to(dtype), open_clip.get_tokenizer(f"hf-hub:{source}"), 378, name=f"dfn:{source}")
+        from transformers import AutoTokenizer, CLIPModel
+
+        try:
+            model = CLIPModel.from_pretrained(source, torch_dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"DFN5B CLIP: open_clip is not installed and {source!r} cannot be loaded as a "
+                             f"transformers CLIPModel ({err}); `pip install open_clip_torch` or pass a local folder "
+                             "with --dfn-clip") from err
+        logger.info("DFN5B CLIP through transformers (open_clip not installed): %s", source)
+        return cls(model, tok, model.config.vision_config.image_size, name=f"dfn:{source}")
+
+    @classmethod
+    def tiny(cls, seed: int = 1) -> DfnClipScorer:
+        """A tiny random transformers ``CLIPModel`` (the fallback class) for offline tests; 32 px."""
+        model, tok = _tiny_clip(seed)
+        return cls(model, tok, 32, name="dfn:tiny")
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        x = F.interpolate(images.float().clamp(0, 1), size=(self.image_size, self.image_size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        return _normalise(x)
+
+    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        param = next(self.model.parameters())
+        pixels = self.preprocess(images).to(device=param.device, dtype=param.dtype)
+        if self.open_clip:
+            img = self.model.encode_image(pixels)
+            with torch.no_grad():
+                txt = self.model.encode_text(self.tokenizer(list(prompts)).to(param.device))
+        else:
+            img = _features(self.model.get_image_features(pixel_values=pixels))
+            with torch.no_grad():
+                tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=77,
+                                     return_tensors="pt")
+                txt = _features(self.model.get_text_features(input_ids=tok["input_ids"].to(param.device),
+                                                             attention_mask=tok["attention_mask"].to(param.device)))
+        img = F.normalize(img.float(), dim=-1)
+        return (img * F.normalize(txt.float(), dim=-1)).sum(-1)
+
+
+def official_scorers(pickscore: str | None = None, processor: str | None = None, dfn: str | None = None,
+                     tiny: int | None = None) -> tuple[PickScoreScorer, DfnClipScorer]:
+    """The released reward's scorers from their public hub ids (or local folders); ``tiny``: tiny random models of
+    the same classes (seeded), offline."""
+    if tiny is not None:
+        return PickScoreScorer.tiny(tiny), DfnClipScorer.tiny(tiny + 1)
+    return (PickScoreScorer.from_pretrained(pickscore or PICKSCORE_MODEL, processor or PICKSCORE_PROCESSOR),
+            DfnClipScorer.from_pretrained(dfn or DFN_MODEL))
+
+
+class OfficialReward:
+    """The released reward (module docstring), (B,): ``-(L(renders) + L(one decoded frame))`` per scene with
+    ``L(images) = w_pick mean|1 - PickScore/100| + w_clip mean(1 - cos_DFN)`` (0.25 each). The renders are the scene
+    at EVERY predicted camera (set ``SceneDecoder.views`` >= frames; the released code renders all 13); the frame is
+    one uniformly drawn decoded frame at the 3D size."""
+
+    def __init__(self, pickscore: nn.Module, clip: nn.Module, weight: float = 1.0, pick_weight: float = 0.25,
+                 clip_weight: float = 0.25, name: str = "official") -> None:
+        self.pickscore, self.clip, self.weight, self.name = pickscore, clip, float(weight), name
+        self.pick_weight, self.clip_weight = float(pick_weight), float(clip_weight)
+
+    def loss(self, images: Tensor, prompt: str) -> Tensor:
+        prompts = [prompt] * images.shape[0]
+        pick = (1.0 - self.pickscore(images, prompts)).abs().mean()
+        clip = (1.0 - self.clip(images, prompts)).mean()
+        return self.pick_weight * pick + self.clip_weight * clip
+
+    def __call__(self, batch: RewardBatch) -> Tensor:
+        renders, frames = batch.renders, batch.frames3d  # (B, V, 3, H, W), (B, T, 3, H, W)
+        out = []
+        for b, prompt in enumerate(batch.prompts):
+            k = int(torch.randint(0, frames.shape[1], (1,), generator=batch.generator))
+            out.append(-(self.loss(renders[b], prompt) + self.loss(frames[b, k:k + 1], prompt)))
+        return torch.stack(out)
+
+
 # ============================================================================================ rewards
 class QualityReward:
     """``R = sum_m (s_m - 1)``, s_m the scorers' similarities averaged over the V sampled views (paper:
@@ -512,8 +709,10 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
 
 
 def build_rewards(spec: str | Sequence[tuple[str, float]], *, scorers: Sequence[TextImageScorer] = (),
-                  lpips: nn.Module | None = None, toy_target: Tensor | float = 0.0) -> list[Reward]:
-    """Reward objects for a ``--reward`` spec (or parsed pairs). Quality rewards need ``scorers``."""
+                  lpips: nn.Module | None = None, toy_target: Tensor | float = 0.0,
+                  official: tuple[nn.Module, nn.Module] | None = None) -> list[Reward]:
+    """Reward objects for a ``--reward`` spec (or parsed pairs). Quality rewards need ``scorers``; ``official``
+    needs the (PickScore, DFN CLIP) pair of :func:`official_scorers`."""
     pairs = parse_reward_spec(spec) if isinstance(spec, str) else list(spec)
     rewards: list[Reward] = []
     for name, weight in pairs:
@@ -523,6 +722,11 @@ def build_rewards(spec: str | Sequence[tuple[str, float]], *, scorers: Sequence[
             rewards.append(QualityReward(scorers, "renders", weight))
         elif name == "consistency":
             rewards.append(ConsistencyReward(weight, lpips))
+        elif name == "official":
+            if official is None:
+                raise ValueError("the official reward needs PickScore and DFN5B CLIP (training.rewards."
+                                 "official_scorers); --preset tiny builds tiny ones")
+            rewards.append(OfficialReward(*official, weight=weight))
         elif name == "toy_latent":
             rewards.append(ToyLatentReward(toy_target, weight))
         elif name == "brightness":

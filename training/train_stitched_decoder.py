@@ -12,6 +12,27 @@ Usage::
 
     python -m training.train_stitched_decoder ... --output runs/stitched --resume   # continue from the latest step
 
+Recipes (``--recipe``; default ``official``, the released ``model_stitching_training.py`` that produced
+``anysplat_stitched.pth``; ``paper`` is the paper's description as this pack first implemented it). Both: the
+weights of training/losses.py, AdamW lr 2e-4, no weight decay, 500 warmup steps + cosine, grad clip 1.0, views
+{9, 13, 17, 21}. They differ in
+
+=====================  ==========================================  ==========================================
+                       official                                    paper
+=====================  ==========================================  ==========================================
+depth-gradient term    released form: differences along H and      pooled image gradients (x, y) per view
+                       across views, / (B V H), strided scales     (losses.gradient_l1)
+                       (losses.official_gradient_l1)
+extrinsics term        camera-to-world 4x4                         world-to-camera 3x4
+heads' RGB (--frames)  the real frames                             the VAE-decoded frames
+conv LoRA              loralib (A (r k, in k), B (out k, r k))     peft (Conv2d(in, r, k), Conv2d(r, out, 1))
+bf16 (CUDA only)       aggregator weights cast to bf16 (AnySplat   autocast only, weights fp32
+                       loads it so; cast_to_bfloat16), heads fp32
+=====================  ==========================================  ==========================================
+
+Both voxelisation settings of a base config train per pixel (the official training switches voxelize off on both
+models); the exported decoder keeps the base config's setting, which the official inference follows.
+
 Trained: peft LoRA (r=64, alpha=32) on every nn.Linear / nn.Conv2d of the kept 3D model (VGGT's track head excluded:
 no loss reaches it), the stitching layer in full and DINO's cls / register / mask tokens; everything else is frozen.
 AdamW (lr 2e-4, no weight decay), linear warmup + cosine decay, grad-norm clip 1.0, bf16 autocast on CUDA (heads in
@@ -37,6 +58,13 @@ Writes only into ``--output`` (rank 0; files atomically):
 """
 
 from __future__ import annotations
+
+if __package__ in (None, ""):  # run as `python training/<script>.py`: import it as part of the training package
+    import os as _os
+    import sys as _sys
+
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "training"  # noqa: A001 (PEP 366: makes the relative imports below work)
 
 import argparse
 import contextlib
@@ -69,7 +97,7 @@ from .data import (
     is_micro_world,
     micro_world_clips,
 )
-from .losses import loss_weights, stitched_loss
+from .losses import RECIPES, loss_weights, stitched_loss
 from .runtime import (
     EXIT_SIGINT,
     EXIT_SIGTERM,  # noqa: F401 (re-exported: the exit codes of this CLI)
@@ -98,7 +126,7 @@ DECODER = "decoder"
 METRICS = "metrics.jsonl"
 CONFIG = "train_config.json"
 #: options that must not change when resuming (the run would no longer continue the same schedule / data)
-RESUME_KEYS = ("model", "model_path", "preset", "cut", "config", "views", "vae_size", "model_size", "batch_size",
+RESUME_KEYS = ("recipe", "model", "model_path", "preset", "cut", "config", "views", "vae_size", "model_size", "batch_size",
                "steps", "seed", "lr", "weight_decay", "warmup", "min_lr_ratio", "lora_rank", "lora_alpha", "frames",
                "latent_mean", "synthetic", "data", "window", "image_dir", "init_stitching", "init_decoder")
 
@@ -143,12 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--window", type=int, default=50, help="frames per scene window (default 50)")
     d.add_argument("--vae-size", type=int, default=None, help="video frame size (default 512; tiny: 64)")
     d.add_argument("--model-size", type=int, default=None, help="3D-model frame size (default 448; tiny: 56)")
-    d.add_argument("--frames", choices=("decoded", "real"), default="decoded",
-                   help="RGB for AnySplat's pixel-reading heads: VAE-decoded (default, as at inference) or real")
+    d.add_argument("--frames", choices=("decoded", "real"), default=None,
+                   help="RGB for AnySplat's pixel-reading heads: VAE-decoded (as at inference) or real (default: "
+                        "real for --recipe official, decoded for paper)")
     d.add_argument("--batch-size", type=int, default=1, help="clips per rank and step (default 1)")
     d.add_argument("--workers", type=int, default=0, help="DataLoader workers per rank (default 0)")
     d.add_argument("--seed", type=int, default=0)
     m = p.add_argument_group("models")
+    m.add_argument("--recipe", choices=RECIPES, default="official",
+                   help="official (default): the released training code that produced the published decoder; "
+                        "paper: the paper's description (module docstring lists the differences)")
     m.add_argument("--model", choices=("anysplat", "vggt"), default="anysplat")
     m.add_argument("--model-path", default=None, help="hub id / folder / weights of the ORIGINAL 3D model")
     m.add_argument("--vae-path", default=None, help="Wan 2.1 VAE: diffusers folder / hub id (a pipeline's vae/)")
@@ -323,6 +355,41 @@ def prepare_trainable(student: StitchedDecoder, rank: int, alpha: float) -> Stit
     return student
 
 
+def prepare_trainable_official(student: StitchedDecoder, rank: int, alpha: float) -> StitchedDecoder:
+    """The released ``add_lora`` targets: every nn.Linear (peft, whose Linear LoRA equals loralib's) and every
+    square nn.Conv2d with loralib's Conv2d factors (:class:`vist3a.stitching.lora.LoralibConv2d`); biases of the
+    LoRA layers, the stitching layer and DINO's cls / register / mask tokens are trained too."""
+    from vist3a.stitching.lora import add_lora, add_loralib_conv_lora
+
+    student.requires_grad_(False)
+    names = _lora_targets(student)
+    mods = dict(student.model.named_modules())
+    linears = [n for n in names if type(mods[n]) is nn.Linear]
+    convs = [n for n in names if type(mods[n]) is nn.Conv2d and mods[n].kernel_size[0] == mods[n].kernel_size[1]
+             and mods[n].groups == 1]
+    add_lora(student, r=rank, alpha=alpha, target_modules=linears)
+    add_loralib_conv_lora(student.model, convs, rank, alpha)
+    return student
+
+
+def cast_like_official_(model: nn.Module) -> nn.Module:
+    """bf16 weights as in the released bf16 training: the whole aggregator (AnySplat's ``from_pretrained`` builds it
+    in bf16; tokens, norms and the DINO / frame / global blocks) and every other nn.Linear / nn.Conv2d outside the
+    heads (``cast_to_bfloat16``); heads stay float32 and LoRA factors float32. CUDA + autocast only."""
+    with torch.no_grad():
+        agg = getattr(model, "aggregator", None)
+        for name, p in (agg.named_parameters() if agg is not None else ()):
+            if "lora_" not in name and p.is_floating_point():
+                p.data = p.data.to(torch.bfloat16)
+        for name, mod in model.named_modules():
+            if "head" in name.lower() or ".lora_" in name or not isinstance(mod, (nn.Linear, nn.Conv2d)):
+                continue
+            for p in (mod.weight, mod.bias):
+                if p is not None:
+                    p.data = p.data.to(torch.bfloat16)
+    return model
+
+
 def trainable_tensors(module: nn.Module) -> dict[str, Tensor]:
     """name -> parameter for every parameter that requires grad (checkpoint content), in registration order."""
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
@@ -442,6 +509,7 @@ def _config_dict(args, views, vae_size, model_size, cut, config_str, world) -> d
 
 
 def _check_resume_config(saved: dict, current: dict, path: Path) -> None:
+    saved = {"recipe": "paper", **saved}  # runs from before --recipe existed trained the paper recipe
     diff = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in RESUME_KEYS if saved.get(k) != current.get(k)]
     if diff:
         raise ValueError(f"--resume: the options differ from the run that wrote {path} ({'; '.join(diff)}); "
@@ -494,29 +562,46 @@ class Trainer:
         self.ckpt_dir = self.out / CHECKPOINTS
         self.vae = _build_vae(args, device)
         base = _load_base(args).float()
-        if getattr(base.config, "voxelize", False):
-            raise ValueError("the base AnySplat has config.voxelize = True; the per-pixel loss needs it off")
+        if args.frames is None:
+            args.frames = "real" if args.recipe == "official" else "decoded"
+        # the loss compares per-pixel Gaussians: train with voxelize off on both models (as the official training);
+        # the exported decoder gets the base config's setting back (followed at inference, like the official code)
+        self.voxelize = bool(getattr(base.config, "voxelize", False))
+        if self.voxelize:
+            logger.info("the base config voxelises the Gaussians; training per pixel (as the official training), the "
+                        "exported decoder keeps voxelize = True")
+            base.config = copy.copy(base.config)
+            base.config.voxelize = False
         views = parse_views(args.views, self.vae.temporal_compression)
         self.views = views
         self.vae_size = args.vae_size or (64 if args.preset == "tiny" else 512)
         self.model_size = args.model_size or (56 if args.preset == "tiny" else 448)
         student = build_student(args, base, self.vae.latent_channels)
+        if getattr(getattr(student.model, "config", None), "voxelize", False):  # an --init-decoder that voxelises
+            self.voxelize = True
+            student.model.config.voxelize = False
         check_resolutions(self.vae_size, self.model_size, spatial_compression=self.vae.spatial_compression,
                           conv_stride=student.stitching.config.stride[-1], patch_size=student.patch_size)
         if args.data is not None and max(views) > args.window:
             raise ValueError(f"--window {args.window} is smaller than the largest --views {max(views)}")
         self.teacher = base.to(device).eval().requires_grad_(False)
-        prepare_trainable(student, args.lora_rank, args.lora_alpha)
+        if args.recipe == "official" and student.kind == "anysplat":
+            prepare_trainable_official(student, args.lora_rank, args.lora_alpha)
+        else:
+            prepare_trainable(student, args.lora_rank, args.lora_alpha)
         student.model.aggregator.set_gradient_checkpointing(args.gradient_checkpointing)
         self.student = student.to(device)
         self.use_bf16 = device.type == "cuda" and not args.no_bf16
         if self.use_bf16:
+            if args.recipe == "official":
+                cast_like_official_(self.student.model)
+                cast_like_official_(self.teacher)
             keep_heads_fp32(self.student.model, device.type)
             keep_heads_fp32(self.teacher, device.type)
         self.params = trainable_tensors(self.student)
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=args.lr, weight_decay=args.weight_decay)
         self.scheduler = cosine_with_warmup(self.optimizer, args.warmup, args.steps, args.min_lr_ratio)
-        self.weights = loss_weights(student.kind)
+        self.weights = loss_weights(student.kind, args.recipe)
         self.config = _config_dict(args, views, self.vae_size, self.model_size, student.cut,
                                    student.stitching.config.to_string(), ctx.world_size)
         self.step = 0
@@ -589,7 +674,14 @@ class Trainer:
         """Rank 0: the finetuned decoder (LoRA merged) as ``<out>/decoder`` (vist3a.stitching.save_decoder)."""
         from vist3a.stitching.checkpoint import save_decoder
 
-        path = save_decoder(self.student, self.out / DECODER, dtype=torch.float32, video_size=self.vae_size)
+        cfg = getattr(self.student.model, "config", None)
+        if self.voxelize and cfg is not None:
+            cfg.voxelize = True  # restore the base config's setting for inference (saved in decoder_config.json)
+        try:
+            path = save_decoder(self.student, self.out / DECODER, dtype=torch.float32, video_size=self.vae_size)
+        finally:
+            if self.voxelize and cfg is not None:
+                cfg.voxelize = False
         logger.info("exported the finetuned decoder to %s (load_decoder / pipelines / ComfyUI models/vist3a)", path)
         return path
 

@@ -347,6 +347,13 @@ def _check_preset(args: argparse.Namespace, model_flags: tuple[str, ...]) -> Non
                              "may name a decoder / adapter trained on the tiny models)")
 
 
+def _per_pixel(pipe, args: argparse.Namespace) -> None:
+    if getattr(args, "per_pixel", False):
+        from .stitching.checkpoint import use_per_pixel_gaussians
+
+        use_per_pixel_gaussians(pipe.decoder)
+
+
 def _write_scene(scene, outs: dict[str, Path], sh_degree: int | None) -> None:
     from .io import save_gaussians, write_point_cloud_ply, write_splat
 
@@ -417,6 +424,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             pipe.to(device)
         if args.vae_tiling:
             pipe.enable_vae_tiling()
+    _per_pixel(pipe, args)
     kwargs = {}
     if args.no_template:
         kwargs["prompt_template"] = None
@@ -456,6 +464,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         if args.vae_tiling:
             pipe.enable_vae_tiling()
     pipe.to(device)
+    _per_pixel(pipe, args)
     scene = pipe(clip, num_frames=frames, height=height, width=width, seed=args.seed if args.seed is not None else 0)
     _write_scene(scene, outs, args.sh_degree)
     return 0
@@ -526,6 +535,9 @@ def _add_common(p: argparse.ArgumentParser, presets: tuple[str, ...] = ("tiny",)
     p.add_argument("--base", help="base AnySplat for the published decoder (default lhjiang/anysplat; hub id, folder "
                                   "or weights file)")
     p.add_argument("--vae-tiling", action="store_true", help="decode/encode the video in tiles (less VRAM)")
+    p.add_argument("--per-pixel", action="store_true",
+                   help="one Gaussian per pixel even when the base AnySplat config voxelises (default: follow it, "
+                        "like the official loader)")
     p.add_argument("--preset", choices=presets, help=" ".join(_PRESET_HELP[k] for k in presets))
 
 

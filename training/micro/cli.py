@@ -124,7 +124,8 @@ def _search(args) -> int:
     argv = ["--data", str(_world_dir(args)), "--model", "anysplat", "--model-path", str(p["anysplat"]),
             "--vae", "wan", "--vae-path", str(p["vae"]), "--config", MICRO_STITCHING, "--layers", "enc",
             *SIZES, "--samples", str(args.search_samples), "--heldout", str(args.search_heldout),
-            "--seed", str(args.seed), "--out", str(p["search"])] + (["--quiet"] if args.quiet else [])
+            "--seed", str(args.seed), "--numerics", "ours", "--out", str(p["search"])] + (["--quiet"] if args.quiet
+                                                                                          else [])
     return find_stitching_layer.main(argv)
 
 
@@ -160,8 +161,8 @@ def _finetune(args) -> int:
             continue
         init = (["--init-stitching", str(p["search"] / f"stitching_layer_{run['layer']}.safetensors")]
                 if run["init"] == "closed-form" else ["--cut", run["layer"], "--config", MICRO_STITCHING])
-        argv = ["--data", str(_world_dir(args)), "--model", "anysplat", "--model-path", str(p["anysplat"]),
-                "--vae-path", str(p["vae"]), *init, *SIZES, "--frames", "real", "--steps", str(args.finetune_steps),
+        argv = ["--recipe", "paper", "--data", str(_world_dir(args)), "--model", "anysplat", "--model-path",
+                str(p["anysplat"]), "--vae-path", str(p["vae"]), *init, *SIZES, "--frames", "real", "--steps", str(args.finetune_steps),
                 "--warmup", str(max(1, args.finetune_steps // 15)), "--lora-rank", "16", "--lora-alpha", "8",
                 "--seed", str(args.seed), "--save-every", "250", "--keep-last", "1", "--log-every", "250",
                 "--output", str(out)] + (["--quiet"] if args.quiet else [])
@@ -254,7 +255,7 @@ def _align(args) -> int:
         with atomic_write(prompts, "w") as fh:
             fh.write("".join(sample_scene("train", i, args.seed).caption + "\n" for i in range(args.align_prompts)))
     _threads(args)
-    argv = ["--wan", str(Path(args.out) / "t2v" / "pipeline"), "--decoder", str(p["finetune"] / best / "decoder"),
+    argv = ["--recipe", "paper", "--wan", str(Path(args.out) / "t2v" / "pipeline"), "--decoder", str(p["finetune"] / best / "decoder"),
             "--clip", str(Path(args.out) / "scorer" / "clip"), "--data", str(_world_dir(args)), "--prompts",
             str(prompts), "--frames", "9", "--height", "64", "--width", "64", "--max-sequence-length", "64",
             "--negative-prompt", "", "--t-min", "10", "--t-max", "20", "--steps", str(args.align_steps),

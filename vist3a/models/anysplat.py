@@ -46,8 +46,14 @@ ANYSPLAT_FOCAL_EPS = 1e-3  # AnySplat adds this to tan(fov/2) when it decodes th
 
 
 def voxel_fuse(points: Tensor, feats: Tensor, conf: Tensor, voxel_size: float) -> tuple[Tensor, Tensor]:
-    """Confidence-softmax fusion of points (M, 3) and features (M, F) per voxel of ``voxel_size``
-    (AnySplat's ``voxelizaton_with_fusion``, with plain torch scatter ops). Returns (V, 3), (V, F)."""
+    """Confidence-softmax fusion of points (M, 3) and features (M, F) per voxel of ``voxel_size``, as AnySplat's
+    ``voxelizaton_with_fusion`` (plain torch scatter ops instead of torch_scatter).
+
+    Voxel of a point: ``round(p / voxel_size)`` (round half to even) cast to int32; voxels are returned in the order
+    of ``torch.unique(dim=0)`` (lexicographic in the integer coordinates). Per voxel, the weights are
+    ``exp(c - max c) / (sum exp(c - max c) + 1e-6)`` over its points' confidences ``conf`` (M,) (the raw Gaussian-head
+    channel), and the fused point / features are the weighted sums (so they are shrunk by the 1e-6 like the
+    official code). Returns (V, 3), (V, F)."""
     idx = torch.round(points / voxel_size).int()
     _, inverse = torch.unique(idx, dim=0, return_inverse=True)
     n = int(inverse.max()) + 1 if inverse.numel() else 0

@@ -112,7 +112,9 @@ class VGGTConfig(_BackboneConfig):
 class AnySplatConfig(_BackboneConfig):
     """AnySplat (lhjiang/anysplat) encoder: aggregator + camera head + depth head + Gaussian head.
 
-    ``voxelize`` (confidence-weighted voxel fusion) is off by default: one Gaussian per pixel, as in VIST3A training.
+    ``voxelize`` (confidence-weighted voxel fusion of the per-pixel Gaussians, AnySplat's ``voxelizaton_with_fusion``)
+    is off in a freshly built config (one Gaussian per pixel, as in VIST3A training); a hub ``config.json`` sets it
+    (:func:`anysplat_config_from_hub`), as the official loader does.
     ``opacity_mapping`` = (initial, final, warm_up) of AnySplat's ``map_pdf_to_opacity``.
     """
 
@@ -139,7 +141,10 @@ def anysplat_config_from_hub(data: dict[str, Any]) -> AnySplatConfig:
     """Our config from the official PyTorchModelHubMixin ``config.json`` (``encoder_cfg`` / ``decoder_cfg``).
 
     Only the fields that change the inference network are read; the rest (training switches, decoder) is ignored.
-    The aggregator and heads always have the VGGT-1B sizes in the official code.
+    The aggregator and heads always have the VGGT-1B sizes in the official code. ``voxelize`` / ``voxel_size`` are
+    followed like the official loader (``AnySplat.from_pretrained`` keeps them; only VIST3A's training switches
+    voxelisation off); ``distill`` only adds training-time copies of the aggregator and heads (``encoder.distill_*``
+    keys, dropped on load) and changes nothing at inference.
     """
     enc = data.get("encoder_cfg", data)
     cfg = AnySplatConfig()
@@ -155,6 +160,8 @@ def anysplat_config_from_hub(data: dict[str, Any]) -> AnySplatConfig:
         kwargs["intermediate_layer_idx"] = tuple(int(i) for i in enc["intermediate_layer_idx"])
     if "voxel_size" in enc:
         kwargs["voxel_size"] = float(enc["voxel_size"])
+    if "voxelize" in enc:
+        kwargs["voxelize"] = bool(enc["voxelize"])
     if enc.get("pred_head_type", "depth") != "depth":
         raise ValueError(f"AnySplat: pred_head_type={enc.get('pred_head_type')!r} is not supported (only 'depth')")
     return dataclasses.replace(cfg, **kwargs)

@@ -9,6 +9,15 @@ Published (``HJGO/VIST3A``: ``anysplat_stitched.pth``, ``anysplat_stitched_21_fr
 * ``stitching_layer``: ``{weight (1024, 16, 5, 3, 3), bias (1024,)}``;
 * ``mask_token`` (1, 1024), ``cls_token`` (1, 1, 1024), ``register_tokens`` (1, 4, 1024) (bfloat16).
 
+When the base config has ``distill: true`` the official stitched model also holds AnySplat's training-only
+``encoder.distill_aggregator`` / ``distill_camera_head`` / ``distill_depth_head`` copies, and the official
+``add_lora`` wraps them too: such a checkpoint carries their LoRA factors and biases (``encoder.distill_*`` keys).
+They never run in the stitched forward; the import drops them (and our model never builds those modules).
+
+Gaussians follow the base config like the official loader: with ``voxelize: true`` (AnySplat's training config)
+the per-pixel Gaussians are fused per voxel of ``voxel_size``; ``per_pixel=True`` (:func:`use_per_pixel_gaussians`)
+forces one Gaussian per pixel.
+
 Import = base AnySplat (``lhjiang/anysplat``) -> cut -> merge LoRA (``W += (B @ A).view(W.shape) * alpha / r``,
 alpha = 32 is not stored in the file) -> biases of the LoRA layers FROM THE CHECKPOINT -> stitching layer -> tokens
 (official ``load_stitching_model`` + ``.eval()`` merge).
@@ -78,6 +87,7 @@ __all__ = [
     "load_decoder",
     "load_published_stitched",
     "save_decoder",
+    "use_per_pixel_gaussians",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,6 +101,8 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT_NAME = "vist3a-stitched-decoder"
 FORMAT_VERSION = 2  # 2 added the "lora" weights variant; full-weight folders are still written as version 1
 LATENT_CONVENTION = "raw Wan latent = z*std + mean (un-normalised VAE latent, as fed to the VAE decoder)"
+#: LoRA entries of the training-only distillation copies (present when the base config has ``distill: true``)
+DISTILL_PREFIX = "encoder.distill_"
 _DINO_BLOCK = re.compile(r"^encoder\.aggregator\.patch_embed\.blocks\.(\d+)\.")
 
 
@@ -155,6 +167,31 @@ def _check_cut(lora: Mapping[str, Tensor], cut: str, dino_depth: int, source: st
             f"pass cut='enc_blocks_{looks_like}' (the released checkpoints use 'enc_blocks_2')")
 
 
+def drop_distill_entries(lora: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """``lora`` without the ``encoder.distill_*`` entries (LoRA of the distillation copies that a ``distill: true``
+    base config adds; they never run in the stitched forward)."""
+    kept = {k: v for k, v in lora.items() if not str(k).startswith(DISTILL_PREFIX)}
+    dropped = len(lora) - len(kept)
+    if dropped:
+        modules = {str(k).rsplit(".", 1)[0] for k in lora if str(k).startswith(DISTILL_PREFIX)}
+        logger.info("%s: dropped %d entries (%d LoRA modules) of the distillation copies (%s*; the base config had "
+                    "distill: true); they never run in the stitched forward", source, dropped, len(modules),
+                    DISTILL_PREFIX)
+    return kept
+
+
+def use_per_pixel_gaussians(decoder: StitchedDecoder | AnySplat, per_pixel: bool = True) -> StitchedDecoder | AnySplat:
+    """Force one Gaussian per pixel (``config.voxelize = False``) on a stitched AnySplat decoder or an AnySplat, in
+    place, instead of following the base config; a no-op for VGGT (point maps) or ``per_pixel=False``."""
+    model = getattr(decoder, "model", decoder)
+    cfg = getattr(model, "config", None)
+    if per_pixel and getattr(cfg, "voxelize", False):
+        cfg.voxelize = False
+        logger.info("one Gaussian per pixel (the base config's voxelisation, voxel %s, is switched off)",
+                    cfg.voxel_size)
+    return decoder
+
+
 @torch.no_grad()
 def import_published_state(decoder: StitchedDecoder, ckpt: Mapping[str, Any], alpha: float = 32.0,
                            source: str = "checkpoint") -> dict[str, Any]:
@@ -162,7 +199,7 @@ def import_published_state(decoder: StitchedDecoder, ckpt: Mapping[str, Any], al
     structure first (missing / unexpected / mis-shaped keys -> :class:`CheckpointMismatchError`, nothing changed).
     Returns ``{"r": r, "alpha": alpha, "merged": True}``."""
     _check_top_level(ckpt, source)
-    lora = ckpt["lora"]
+    lora = drop_distill_entries(ckpt["lora"], source)
     model = decoder.model
     dino = model.aggregator.patch_embed
     _check_cut(lora, decoder.cut, dino.first_block + len(dino.blocks), source)
@@ -244,6 +281,7 @@ def load_published_stitched(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     revision: str | None = None,
+    per_pixel: bool = False,
 ) -> StitchedDecoder:
     """Build the published stitched AnySplat decoder in one call.
 
@@ -255,6 +293,8 @@ def load_published_stitched(
         cut, stitching, alpha: the released values (``enc_blocks_2``, ``conv3d_k5x3x3_o1024_s1x2x2_p2x1x1``,
             LoRA alpha 32; the rank is read from the file).
         device, dtype: placement of the returned decoder (default: CPU, float32).
+        per_pixel: one Gaussian per pixel even when the base config voxelises (default: follow the base config,
+            like the official loader).
     Returns the decoder in eval mode with LoRA merged.
     """
     from ..io.weights import load_torch_file
@@ -274,6 +314,7 @@ def load_published_stitched(
     decoder = StitchedDecoder(base, cut, StitchingLayer(stitching))
     import_published_state(decoder, ckpt, alpha=alpha, source=str(path))
     decoder.base_id = BASE_REPOS["anysplat"]
+    use_per_pixel_gaussians(decoder, per_pixel)
     del ckpt
     if device is not None or dtype is not None:
         decoder = decoder.to(device=device, dtype=dtype)
@@ -327,6 +368,11 @@ def lora_delta_state(decoder: StitchedDecoder) -> tuple[dict[str, Tensor], dict[
     if cfg is None:
         raise ValueError("save_decoder(base_source=...): the decoder has no unmerged LoRA adapter; a merged decoder "
                          "can only be saved with its full weights (omit base_source)")
+    from .lora import LoralibConv2d
+
+    if any(isinstance(m, LoralibConv2d) for m in decoder.modules()):
+        raise ValueError("save_decoder(base_source=...): the decoder has loralib Conv2d LoRA (the official training "
+                         "recipe); save it with its full weights (omit base_source)")
     layers = {f"model.{n}." for n in _lora_layers(decoder.model)}
     state = decoder.state_dict()
     keep = {}
@@ -521,9 +567,15 @@ def check_decoder_folder(folder: str | Path) -> dict[str, Any]:
 
 
 def load_decoder(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 revision: str | None = None) -> StitchedDecoder:
+                 revision: str | None = None, per_pixel: bool = False) -> StitchedDecoder:
     """Load a decoder saved by :func:`save_decoder` from a folder, its ``model.safetensors`` /
-    ``decoder_config.json``, or a hub repo id. No base checkpoint is needed. Returns it in eval mode."""
+    ``decoder_config.json``, or a hub repo id. No base checkpoint is needed. Returns it in eval mode.
+    ``per_pixel``: one Gaussian per pixel even when the stored base config voxelises."""
+    return use_per_pixel_gaussians(_load_decoder(source, device, dtype, revision), per_pixel)
+
+
+def _load_decoder(source: str | Path, device: str | torch.device | None, dtype: torch.dtype | None,
+                  revision: str | None) -> StitchedDecoder:
     from ..io.weights import check_weights_file, load_safetensors
 
     cfg_file, weights = _resolve_ours(source, revision)

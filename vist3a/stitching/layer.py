@@ -182,10 +182,12 @@ class StitchingLayer(nn.Module):
         _, c, ot = y.shape
         return y.reshape(b, h, w, c, ot).permute(0, 3, 4, 1, 2)
 
-    def _pad(self, x: Tensor) -> Tensor:
+    def _pad(self, x: Tensor, mode: str = "replicate") -> Tensor:
         pad = [p for p in reversed(self.config.padding) for _ in range(2)]
         if not any(pad):
             return x
+        if mode == "zeros":
+            return F.pad(x, pad, mode="constant", value=0.0)
         return F.pad(x, pad, mode="replicate")
 
     def conv(self, x: Tensor) -> Tensor:
@@ -209,13 +211,16 @@ class StitchingLayer(nn.Module):
         return y
 
     # ------------------------------------------------------------------------------------------ im2col
-    def unfold(self, x: Tensor) -> Tensor:
+    def unfold(self, x: Tensor, padding_mode: str = "replicate") -> Tensor:
         """im2col of a resized input (B, 16, T_in, H_in, W_in) with the conv's replicate padding, stride and
         dilation -> (B*T*h'*w', in*prod(kernel)); rows ordered (B, T, h', w') like :func:`to_rows`, columns like
-        ``weight.flatten(1)``. So ``unfold(x) @ weight.flatten(1).T + bias == to_rows(conv(x))``."""
+        ``weight.flatten(1)``. So ``unfold(x) @ weight.flatten(1).T + bias == to_rows(conv(x))``.
+        ``padding_mode="zeros"``: zero padding instead, as the official layer search's im2col (not the conv)."""
+        if padding_mode not in ("replicate", "zeros"):
+            raise ValueError(f"unfold: padding_mode must be 'replicate' or 'zeros', got {padding_mode!r}")
         cfg = self.config
         folded, (b, _t, h, w) = self._fold(x)
-        xp = self._pad(folded)
+        xp = self._pad(folded, padding_mode)
         n, c = xp.shape[:2]
         d = cfg.dims
         for i in range(d):

@@ -9,6 +9,10 @@ loralib conventions (``microsoft/LoRA``, used by the released VIST3A checkpoints
 For our own finetuning we use peft (``LoraConfig`` + ``inject_adapter_in_model``) on every ``nn.Linear`` and
 ``nn.Conv2d`` of the kept part of the 3D model (not the stitching layer, which is trained in full). peft's Conv2d
 LoRA factors differently (A = Conv2d(in, r, k), B = Conv2d(r, out, 1)); the two only meet in merged weights.
+The official training recipe (``training/train_stitched_decoder.py --recipe official``) keeps loralib's Conv2d
+factorisation: :func:`add_loralib_conv_lora` swaps square, ungrouped convs for :class:`LoralibConv2d` (an
+``nn.Conv2d`` with ``lora_A`` (r*k, in*k) / ``lora_B`` (out*k, r*k) parameters, state-dict keys as in the published
+checkpoints); :func:`merged_state_dict` merges both kinds.
 Adapters are saved in peft's format: ``adapter_config.json`` + ``adapter_model.safetensors`` with keys relative to
 the 3D model (``encoder.aggregator.frame_blocks.0.attn.qkv.lora_A.weight``; biases of LoRA layers, trained with
 ``bias="lora_only"`` as in the official recipe, as ``<module>.base_layer.bias``).
@@ -25,7 +29,9 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "LoralibConv2d",
     "add_lora",
+    "add_loralib_conv_lora",
     "has_lora",
     "load_lora_adapter",
     "lora_target_names",
@@ -79,6 +85,67 @@ def merge_loralib_(module: nn.Module, lora_a: Tensor, lora_b: Tensor, scaling: f
     w = module.weight
     module.weight.copy_((w.float() + loralib_delta(w.shape, lora_a.to(w.device), lora_b.to(w.device),
                                                    scaling)).to(w.dtype))
+
+
+class LoralibConv2d(nn.Conv2d):
+    """loralib's ``Conv2d`` LoRA (square kernel k, groups 1): ``weight`` / ``bias`` of the wrapped conv (shared, not
+    copied) plus ``lora_A`` (r*k, in*k) (Kaiming-uniform, a = sqrt(5)) and ``lora_B`` (out*k, r*k) (zeros); the
+    forward uses ``weight + (lora_B @ lora_A).view(weight.shape) * alpha / r`` (never merged in place)."""
+
+    def __init__(self, conv: nn.Conv2d, r: int, alpha: float) -> None:
+        k = conv.kernel_size[0]
+        if conv.kernel_size[0] != conv.kernel_size[1] or conv.groups != 1:
+            raise ValueError(f"LoralibConv2d: needs a square, ungrouped conv, got kernel {conv.kernel_size}, groups "
+                             f"{conv.groups}")
+        with torch.device("meta"):
+            super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        w = conv.weight
+        self.r, self.lora_alpha, self.scaling = int(r), float(alpha), float(alpha) / int(r)
+        self.lora_A = nn.Parameter(torch.zeros(r * k, conv.in_channels * k, device=w.device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(conv.out_channels * k, r * k, device=w.device, dtype=torch.float32))
+        nn.init.kaiming_uniform_(self.lora_A, a=5 ** 0.5)
+
+    def delta_weight(self) -> Tensor:
+        return (self.lora_B @ self.lora_A).view(self.weight.shape) * self.scaling
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight + self.delta_weight().to(self.weight.dtype), self.bias)
+
+
+def add_loralib_conv_lora(root: nn.Module, names: Iterable[str], r: int, alpha: float) -> list[str]:
+    """Replace the convs ``names`` of ``root`` (square, ungrouped ``nn.Conv2d``) by :class:`LoralibConv2d` in place;
+    their LoRA factors and biases become trainable, the weights stay frozen. Returns the names replaced."""
+    done = []
+    for name in names:
+        mod = root.get_submodule(name)
+        if type(mod) is not nn.Conv2d:
+            raise ValueError(f"add_loralib_conv_lora: {name} is a {type(mod).__name__}, not an nn.Conv2d")
+        new = LoralibConv2d(mod, r, alpha)
+        new.weight.requires_grad_(False)
+        if new.bias is not None:
+            new.bias.requires_grad_(True)
+        _set_module(root, name, new)
+        done.append(name)
+    logger.info("add_loralib_conv_lora: %d convs adapted (loralib factors, r=%s, alpha=%s)", len(done), r, alpha)
+    return done
+
+
+def _merge_loralib_entries(target: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with every :class:`LoralibConv2d`'s factors merged into its weight (and dropped)."""
+    mods = {n: m for n, m in target.named_modules() if isinstance(m, LoralibConv2d)}
+    if not mods:
+        return state
+    out = dict(state)
+    for name, mod in mods.items():
+        p = f"{name}." if name else ""
+        out.pop(p + "lora_A", None)
+        out.pop(p + "lora_B", None)
+        w = out[p + "weight"]
+        out[p + "weight"] = (w.float() + mod.delta_weight().detach().float()).to(w.dtype)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ peft (ours)
@@ -161,7 +228,7 @@ def merge_lora(target: nn.Module, adapter_name: str = "default") -> nn.Module:
 @torch.no_grad()
 def merged_state_dict(target: nn.Module, adapter_name: str = "default") -> dict[str, Tensor]:
     """``target.state_dict()`` as it would be after :func:`merge_lora`, without changing ``target``."""
-    state = target.state_dict()
+    state = _merge_loralib_entries(target, target.state_dict())
     if not has_lora(target):
         return state
     out: dict[str, Tensor] = {}

@@ -35,6 +35,19 @@ Metrics, all from the sums (no second pass over data):
   ``Xc^T Yc = sum x y^T - (sum x)(sum y)^T / n`` (and likewise for the two Grams).
 
 Ranking: smallest held-out MSE first (train MSE when no held-out data was seen).
+
+``numerics="official"`` (:data:`NUMERICS`) reproduces the released ``find_layer_for_stitching.py`` instead:
+
+* the design is the im2col of the ZERO-padded latent (the conv itself pads with replicate: a known inconsistency of
+  the released code), without an intercept column: ``X^T X`` (d, d) and ``X^T Y`` (d, D) in float64;
+* ``W = solve(X^T X + lambda I, X^T Y)`` with ``torch.linalg.solve`` (lambda = 1e-4 on the FULL diagonal, d = 720);
+* the bias is the mean residual ``(sum y - (sum x)^T W) / n`` (the official second pass, here from the sums);
+* latents and tokens are rounded to float16 first (the official feature cache stores them as float16);
+* the MSE is the one of the resulting conv (replicate padding, bias) on the TRAINING rows, and the ranking sorts by
+  it (a held-out MSE is still reported when held-out data was given).
+
+These extra sums (``X0^T X0``, ``X0^T Y_l``, ``sum x0``) sit beside the usual ones (the replicate-padded augmented
+sums give the conv's MSE), so the official mode needs d^2 + layers d D more float64.
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ from .layer import StitchingLayer, resize_latent
 
 __all__ = [
     "DEFAULT_RIDGE",
+    "NUMERICS",
     "LayerFit",
     "LayerSearch",
     "NormalEquations",
@@ -69,6 +83,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RIDGE = 1e-4
 SPLITS = ("train", "heldout")
+#: "ours": replicate-padded design with a jointly solved (unregularised) bias, held-out ranking; "official": the
+#: released search's numerics (module docstring)
+NUMERICS = ("ours", "official")
 
 
 # ============================================================================================ math on the sums
@@ -87,6 +104,18 @@ def solve_ridge(xtx: Tensor, xty: Tensor, ridge: float = DEFAULT_RIDGE) -> Tenso
     logger.warning("solve_ridge: normal matrix not positive definite (Cholesky failed at %d); using an LU solve "
                    "(increase the ridge or the number of samples)", int(info))
     return torch.linalg.solve(a, b)
+
+
+def solve_official(xtx: Tensor, xty: Tensor, sum_x: Tensor, sum_y: Tensor, n: float, ridge: float = DEFAULT_RIDGE
+                   ) -> Tensor:
+    """The released search's solve: ``W = solve(xtx + ridge I, xty)`` (no intercept, ridge on the whole diagonal,
+    ``torch.linalg.solve`` in float64), then the bias = mean residual ``(sum_y - sum_x W) / n``. ``xtx`` (d, d),
+    ``xty`` (d, D), ``sum_x`` (d,), ``sum_y`` (D,) -> the augmented ``w`` (d+1, D) (last row the bias)."""
+    a = xtx.to(torch.float64).clone()
+    a.diagonal().add_(float(ridge))
+    w = torch.linalg.solve(a, xty.to(torch.float64))
+    bias = (sum_y.to(torch.float64) - sum_x.to(torch.float64) @ w) / n
+    return torch.cat([w, bias[None]], dim=0)
 
 
 def mse_from_sums(xtx: Tensor, xty: Tensor, yy: Tensor | float, n: float, w: Tensor) -> float:
@@ -285,9 +314,12 @@ class LayerSearch:
 
     def __init__(self, config: StitchingConfig | str, layers: Sequence[str], *, in_channels: int = 16,
                  temporal_factor: int = 4, cka: bool = True, heldout: bool = True,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", numerics: str = "ours") -> None:
         if not layers:
             raise ValueError("LayerSearch: no candidate layers")
+        if numerics not in NUMERICS:
+            raise ValueError(f"LayerSearch: numerics must be one of {NUMERICS}, got {numerics!r}")
+        self.numerics = numerics
         if len(set(layers)) != len(layers):
             raise ValueError(f"LayerSearch: duplicate layer names in {list(layers)}")
         self.config = StitchingConfig.parse(config, in_channels=in_channels)
@@ -303,14 +335,20 @@ class LayerSearch:
         if heldout:
             self.sums["heldout"] = NormalEquations(self.d, dims, cka=False, device=self.device)
         self.samples = {"train": 0, "heldout": 0}
+        # official numerics: zero-padded, intercept-free train sums (module docstring)
+        self.zero: dict[str, Tensor] | None = None
+        if numerics == "official":
+            kw = {"dtype": torch.float64, "device": self.device}
+            self.zero = {"xtx": torch.zeros(self.d, self.d, **kw), "sx": torch.zeros(self.d, **kw),
+                         **{f"xty:{name}": torch.zeros(self.d, dim, **kw) for name, dim in dims.items()}}
 
     # ---------------------------------------------------------------------------------------- data in
-    def patches(self, latent: Tensor, grid_hw: tuple[int, int]) -> Tensor:
+    def patches(self, latent: Tensor, grid_hw: tuple[int, int], padding_mode: str = "replicate") -> Tensor:
         """im2col rows (B*T*h*w, d) in float64 of the latent resized for the token grid ``grid_hw``."""
         self._geom.check_latent(latent)
         size = self._geom.input_size(latent.shape[2], grid_hw)
         x = resize_latent(latent.to(device=self.device, dtype=torch.float64), size)
-        return self._geom.unfold(x)
+        return self._geom.unfold(x, padding_mode)
 
     def targets(self, activation: Any, batch: int, frames: int, grid_hw: tuple[int, int]) -> Tensor:
         """Token rows (B*T*h*w, D) of one layer's activation, ordered like :meth:`patches`."""
@@ -336,13 +374,26 @@ class LayerSearch:
         frames = (latent.shape[2] - 1) * self.temporal_factor + 1
         if grid_hw is None:
             grid_hw = self._square_grid(activations[self.layers[0]])
+        if self.numerics == "official":  # the released feature cache stores latents and tokens as float16
+            latent = latent.to(torch.float16)
         x = self.patches(latent, grid_hw)
         ys = {name: self.targets(activations[name], b, frames, grid_hw) for name in self.layers}
+        if self.numerics == "official":
+            ys = {name: y.to(torch.float16) for name, y in ys.items()}
         if x.shape[0] != b * frames * grid_hw[0] * grid_hw[1]:
             raise ValueError(f"LayerSearch: the stitching conv gives {x.shape[0]} rows for latent "
                              f"{tuple(latent.shape)}, expected {b * frames * grid_hw[0] * grid_hw[1]}")
         self.sums[split].update(x, ys)
+        if self.zero is not None and split == "train":
+            self._update_zero(self.patches(latent, grid_hw, "zeros"), ys)
         self.samples[split] += b
+
+    def _update_zero(self, x0: Tensor, ys: Mapping[str, Tensor]) -> None:
+        z = self.zero
+        z["xtx"].addmm_(x0.T, x0)
+        z["sx"] += x0.sum(0)
+        for name in self.layers:
+            z[f"xty:{name}"].addmm_(x0.T, ys[name].to(device=x0.device, dtype=torch.float64))
 
     @staticmethod
     def _square_grid(activation: Any) -> tuple[int, int]:
@@ -357,17 +408,24 @@ class LayerSearch:
         raise ValueError(f"LayerSearch.update: cannot infer a square token grid from {tokens.shape[1]} tokens; "
                          f"pass grid_hw")
 
-    def update_rows(self, x: Tensor, ys: Mapping[str, Tensor], split: str = "train", samples: int = 0) -> None:
-        """Low-level: accumulate precomputed patch rows ``x`` (n, d) and targets ``ys[layer]`` (n, D)."""
+    def update_rows(self, x: Tensor, ys: Mapping[str, Tensor], split: str = "train", samples: int = 0,
+                    x_zero: Tensor | None = None) -> None:
+        """Low-level: accumulate precomputed patch rows ``x`` (n, d) and targets ``ys[layer]`` (n, D); official
+        numerics also need the zero-padded rows ``x_zero`` of the train split."""
         if split not in self.sums:
             raise ValueError(f"LayerSearch.update_rows: split must be one of {tuple(self.sums)}, got {split!r}")
+        if self.zero is not None and split == "train":
+            if x_zero is None:
+                raise ValueError("LayerSearch.update_rows: numerics='official' needs x_zero (zero-padded rows)")
+            self._update_zero(x_zero.to(device=self.device, dtype=torch.float64), ys)
         self.sums[split].update(x, ys)
         self.samples[split] += samples
 
     # ---------------------------------------------------------------------------------------- bookkeeping
     def tensors(self) -> list[Tensor]:
         """Every accumulator tensor (train then held-out), for :func:`reduce_`."""
-        return [t for split in SPLITS if split in self.sums for t in self.sums[split].tensors()]
+        out = [t for split in SPLITS if split in self.sums for t in self.sums[split].tensors()]
+        return out + (list(self.zero.values()) if self.zero is not None else [])
 
     def nbytes(self) -> int:
         """Bytes held by the accumulators (independent of the number of samples)."""
@@ -376,9 +434,14 @@ class LayerSearch:
     def merge_(self, other: LayerSearch) -> LayerSearch:
         if set(self.sums) != set(other.sums):
             raise ValueError("LayerSearch.merge_: one search keeps held-out sums, the other does not")
+        if self.numerics != other.numerics:
+            raise ValueError("LayerSearch.merge_: the searches use different numerics")
         for split in self.sums:
             self.sums[split].merge_(other.sums[split])
             self.samples[split] += other.samples[split]
+        if self.zero is not None:
+            for k in self.zero:
+                self.zero[k] += other.zero[k].to(self.zero[k].device)
         return self
 
     # ---------------------------------------------------------------------------------------- solve
@@ -395,7 +458,11 @@ class LayerSearch:
                            int(train.n), self.d + 1)
         fits: dict[str, LayerFit] = {}
         for name in self.layers:
-            w = solve_ridge(train.xtx, train.xty[name], ridge)
+            if self.zero is not None:
+                w = solve_official(self.zero["xtx"], self.zero[f"xty:{name}"], self.zero["sx"], train.xty[name][-1],
+                                   train.n, ridge)
+            else:
+                w = solve_ridge(train.xtx, train.xty[name], ridge)
             train_mse = mse_from_sums(train.xtx, train.xty[name], train.yy[name], train.n, w)
             held_mse = (mse_from_sums(held.xtx, held.xty[name], held.yy[name], held.n, w)
                         if held is not None and held.n > 0 else None)
@@ -403,7 +470,8 @@ class LayerSearch:
             weight = w[:-1].T.reshape(cfg.weight_shape).contiguous()
             fits[name] = LayerFit(name, weight.cpu(), w[-1].contiguous().cpu(), train_mse, held_mse, cka,
                                   int(train.n), int(held.n) if held is not None else 0)
-        metric = "heldout_mse" if held is not None and held.n > 0 else "train_mse"
+        metric = ("heldout_mse" if held is not None and held.n > 0 and self.numerics != "official"
+                  else "train_mse")
 
         def key(name: str) -> tuple[float, int]:
             v = getattr(fits[name], metric)
@@ -413,7 +481,7 @@ class LayerSearch:
         for i, name in enumerate(ranking, 1):
             fits[name].rank = i
         info = {"train_samples": self.samples["train"], "heldout_samples": self.samples["heldout"],
-                "accumulator_bytes": self.nbytes()}
+                "accumulator_bytes": self.nbytes(), "numerics": self.numerics}
         return SearchResult(cfg, fits, ranking, float(ridge), metric, info, self.temporal_factor)
 
 
