@@ -70,14 +70,16 @@ def test_model3d_stage_learns_geometry_and_appearance(world, tmp_path, single_th
     from training.micro.model3d import Model3DTrainConfig, train_model3d
     from vist3a.models import from_pretrained
 
-    cfg = Model3DTrainConfig(steps=24, lr=1e-3, warmup=2, render_warmup=6)
+    # 60 steps: the render loss rises while the first depth / pose steps move the splats (measured: up to step ~25)
+    # and then falls well below its start (0.38 -> 0.15 mean of 8 steps with this seed)
+    cfg = Model3DTrainConfig(steps=60, lr=1e-3, warmup=2, render_warmup=6)
     assert train_model3d(world, tmp_path / "m3", cfg, progress=False) == 0
     rows = [json.loads(x) for x in (tmp_path / "m3" / "metrics.jsonl").read_text().splitlines()]
     geo = [r["camera"] + r["depth"] for r in rows]
     assert _mean(geo[-4:]) < 0.7 * _mean(geo[:4]), geo  # stated margin: -30 %
     rend = [r["render_l1"] for r in rows if "render_l1" in r]
-    assert rows[5].get("render_l1") is None and len(rend) == 24 - 6  # no render loss during the warm-up
-    assert _mean(rend[-4:]) < _mean(rend[:4]), rend
+    assert rows[5].get("render_l1") is None and len(rend) == 60 - 6  # no render loss during the warm-up
+    assert _mean(rend[-8:]) < 0.7 * _mean(rend[:8]), rend  # stated margin: -30 %
     model = from_pretrained(tmp_path / "m3" / "anysplat")
     assert model.config.aggregator.embed_dim == 128 and model.cut_points()[:6] == [f"enc_blocks_{k}"
                                                                                      for k in range(1, 7)]
