@@ -7,6 +7,11 @@ Writes, each model in float16 (loaded back as float32):
 * ``decoder/``  the best layer's finetuned stitched decoder in the ``weights: "lora"`` variant of our decoder format
   (LoRA factors, LoRA-layer biases, DINO tokens and stitching layer on top of ``../anysplat``, the shipped AnySplat,
   whose SHA-256 it records), rebuilt from the finetuning run's last checkpoint;
+* ``transformer/``, ``text_encoder/``, ``tokenizer/`` the micro text-to-video model (part 2; when the run has
+  ``t2v/pipeline``): diffusers ``WanTransformer3DModel`` and transformers ``UMT5EncoderModel`` folders, the word-level
+  tokenizer; ``vocabulary.json`` what the world's captions can say, by kind (``micro_prompt_note`` reads it);
+* ``lora/``     the DRTune-aligned EMA LoRA of the transformer (PEFT folder, as the published ``vist3a_*_lora_ema``;
+  when the run has ``align/lora_ema`` from a finished align stage);
 * ``README.md`` the model cards (data, command, seed, steps, wall time on the machine that trained them, metrics
   from the run's report).
 
@@ -27,7 +32,8 @@ import torch
 
 from vist3a.io.atomic import atomic_write
 
-__all__ = ["default_destination", "model_cards", "ship"]
+__all__ = ["default_destination", "micro_vocabulary_by_kind", "model_cards", "ship", "ship_text_to_video",
+           "t2v_cards"]
 
 logger = logging.getLogger("vist3a.micro")
 
@@ -109,11 +115,56 @@ def ship(run: str | Path, to: str | Path | None = None) -> Path:
     save_decoder(student.eval(), tmp, dtype=torch.float16, video_size=64, base_source="../anysplat")
     _replace_dir(tmp, dest / "decoder")
 
+    t2v = ship_text_to_video(run, dest)
     results = json.loads(report.read_text())
     with atomic_write(dest / "README.md", "w") as fh:
-        fh.write(model_cards(run, results, best, int(state.step)))
+        fh.write(model_cards(run, results, best, int(state.step)) + (t2v_cards(run, results) if t2v else ""))
     logger.info("shipped the micro models of %s to %s", run, dest)
     return dest
+
+
+def micro_vocabulary_by_kind() -> dict[str, list[str]]:
+    """What the world's captions can say, by kind; ``words`` is every word (``vocabulary.json``)."""
+    from . import world as W
+
+    return {"shapes": list(W.SHAPES), "colours": list(W.COLOURS), "sizes": list(W.SIZES), "grounds": list(W.GROUNDS),
+            "skies": list(W.SKIES), "words": W.vocabulary()}
+
+
+def ship_text_to_video(run: Path, dest: Path) -> bool:
+    """Ship the micro Wan (transformer, text encoder, tokenizer; float16), ``vocabulary.json`` and, when the align
+    stage finished, its EMA LoRA. False (nothing written) when the run has no ``t2v/pipeline``."""
+    from diffusers import WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    pipe = run / "t2v" / "pipeline"
+    if not (pipe / "model_index.json").is_file():
+        logger.warning("%s has no micro text-to-video model: shipping the decoder only", run)
+        return False
+    tmp = _staging(dest, "transformer")
+    WanTransformer3DModel.from_pretrained(str(pipe / "transformer")).to(torch.float16).save_pretrained(
+        tmp, safe_serialization=True)
+    _replace_dir(tmp, dest / "transformer")
+    tmp = _staging(dest, "text_encoder")
+    UMT5EncoderModel.from_pretrained(str(pipe / "text_encoder")).to(torch.float16).save_pretrained(
+        tmp, safe_serialization=True)
+    _replace_dir(tmp, dest / "text_encoder")
+    tmp = _staging(dest, "tokenizer")
+    for f in (pipe / "tokenizer").iterdir():
+        shutil.copy2(f, tmp / f.name)
+    _replace_dir(tmp, dest / "tokenizer")
+    with atomic_write(dest / "vocabulary.json", "w") as fh:
+        json.dump(micro_vocabulary_by_kind(), fh, indent=1)
+    lora = run / "align" / "lora_ema"
+    if (lora / "adapter_model.safetensors").is_file() and (run / "align" / "done").is_file():
+        tmp = _staging(dest, "lora")
+        for f in lora.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        _replace_dir(tmp, dest / "lora")
+    else:
+        logger.warning("%s has no finished align stage: the micro Wan ships without its DRTune LoRA", run)
+        shutil.rmtree(dest / "lora", ignore_errors=True)
+    return True
 
 
 def _steps(path: Path) -> tuple[int | None, float | None]:
@@ -183,3 +234,38 @@ nv(nvs['stitched_decoded'])} (heads reading the VAE-decoded frames).
 
 The full report, with the layer ranking, initialisation and noise-robustness measurements: `docs/micro_world.md`.
 """
+
+
+def t2v_cards(run: Path, res: dict) -> str:
+    """Model cards of the micro text-to-video model and its DRTune LoRA (appended to README.md)."""
+    t2v_steps, t2v_time = _steps(run / "t2v" / "metrics.jsonl")
+    align_steps, align_time = _steps(run / "align" / "metrics.jsonl")
+    t = res.get("t2v")
+
+    def row(when: str) -> str:
+        r = t[when]["test"]["stitched"]
+        n = t[when]["novel"]["stitched"]
+        return (f"{when} DRTune: object count right {100 * r['count']:.0f} % / colour F1 {r['colour_f1']:.2f} / "
+                f"shape F1 {r['shape_f1']:.2f} on held-out prompts; {100 * n['count']:.0f} % / "
+                f"{n['colour_f1']:.2f} / {n['shape_f1']:.2f} on prompts with unseen colour x shape pairs")
+
+    measured = (f"Judged against the world's ground truth (not by the reward model), stitched decoder, "
+                f"{t['before']['test']['prompts']} + {t['before']['novel']['prompts']} prompts, one seed each:\n"
+                f"- {row('before')};\n- {row('after')}.\n") if t else "Not measured yet (no report part 2).\n"
+    return f"""
+## transformer/, text_encoder/, tokenizer/ - micro text-to-video model (`vist3a generate --preset micro`)
+
+diffusers `WanTransformer3DModel` (6 layers, width 256) and a small transformers `UMT5EncoderModel`, with a
+word-level tokenizer over the world's vocabulary (`vocabulary.json`; built locally, nothing downloaded), trained
+together from scratch by flow matching on the micro VAE's latent means of the 4000 training clips, captions in
+the published camera-orbit prompt template, 10 % empty captions for classifier-free guidance; {t2v_steps} steps,
+{_fmt_min(t2v_time)}. Sampled through diffusers' `WanPipeline` with the VIST3A UniPC scheduler, 20 steps, CFG 5,
+empty negative prompt.
+
+## lora/ - DRTune-aligned EMA LoRA of the micro transformer
+
+`training.align_drtune` (the paper's recipe) on the micro models: rewards = the micro CLIP (`training/micro/scorer.py`)
+on decoded frames and on renders of the stitched decoder's Gaussians, plus 3D consistency; {align_steps} steps,
+{_fmt_min(align_time)}. PEFT folder like the published `vist3a_*_lora_ema` (loads with `--lora` and in ComfyUI).
+
+{measured}"""
