@@ -390,16 +390,23 @@ E2E_VIDEO = "vist3a_e2e_input.mp4"
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 # INT inputs capped on nodes switched to (or fed by) tiny models: the sizes the tiny models are meant for.
 TINY_CAPS = {"width": 64, "height": 64, "frames": 9, "steps": 2}
-_TINY_NOISE = {"tiny", "untrained", "tests", "only", "test"}
+#: the same for the micro models (trained; 20 steps is their setting, so their scenes are recognisable)
+MICRO_CAPS = {"width": 64, "height": 64, "frames": 9, "steps": 20}
+BUILTIN_CAPS = {"tiny": TINY_CAPS, "micro": MICRO_CAPS}
+_TINY_NOISE = {"tiny", "untrained", "tests", "only", "test", "micro", "trained", "on", "the", "world", "64x64", "x",
+               "9", "frames"}
 
 
 def _tokens(text: str) -> set[str]:
     return {t for t in "".join(c.lower() if c.isalnum() else " " for c in str(text)).split() if t}
 
 
-def _tiny_option(options: list, value) -> str | None:
-    """The option of a tiny test model that best matches ``value`` (shared words), or None."""
-    tinies = [o for o in options if isinstance(o, str) and o.lower().startswith("tiny")]
+def _tiny_option(options: list, value, builtin: str = "tiny") -> str | None:
+    """The option of a built-in model (``builtin``: ``tiny`` test models or the shipped ``micro`` models, falling
+    back to ``tiny`` where there is no micro option) that best matches ``value`` (shared words), or None."""
+    tinies = [o for o in options if isinstance(o, str) and o.lower().startswith(builtin)]
+    if not tinies and builtin != "tiny":
+        tinies = [o for o in options if isinstance(o, str) and o.lower().startswith("tiny")]
     if not tinies:
         return None
     words = _tokens(value)
@@ -410,10 +417,13 @@ def _is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
 
 
-def prepare_workflow(name: str, wf: dict, object_info: dict) -> tuple[dict | None, list[str], str]:
+def prepare_workflow(name: str, wf: dict, object_info: dict,
+                     builtin: str = "tiny") -> tuple[dict | None, list[str], str]:
     """Make a shared workflow runnable here without real model files.
 
-    * a combo input with a tiny test-model option (``preset: tiny``, ``tiny-anysplat ...``) is switched to it;
+    * a combo input with a built-in model option (``builtin="tiny"``: ``preset: tiny``, ``tiny-anysplat ...``;
+      ``builtin="micro"``: ``preset: micro``, ``micro-anysplat ...``, the shipped trained models, tiny where a combo
+      has no micro option) is switched to it (the caps below are then the micro sizes, 20 steps);
     * a video file input the server does not have is switched to the harness's generated ``vist3a_e2e_input.mp4``;
     * on nodes switched to tiny models and the nodes they feed, ``width``/``height``/``frames``/``steps`` are capped to
       the tiny sizes (64x64, 9 frames, 2 steps);
@@ -439,8 +449,8 @@ def prepare_workflow(name: str, wf: dict, object_info: dict) -> tuple[dict | Non
             options = _combo_options(_input_spec(info, key))
             if options is None:
                 continue
-            tiny_choice = _tiny_option(options, value)
-            if tiny_choice is not None and not str(value).lower().startswith("tiny"):
+            tiny_choice = _tiny_option(options, value, builtin)
+            if tiny_choice is not None and not str(value).lower().startswith(("tiny", builtin)):
                 inputs[key] = tiny_choice
                 tiny.add(node_id)
                 notes.append(f"{node_id}:{node['class_type']}.{key} {value!r} -> {tiny_choice!r}")
@@ -468,7 +478,7 @@ def prepare_workflow(name: str, wf: dict, object_info: dict) -> tuple[dict | Non
                 stack.append(consumer)
     for node_id in sorted(affected):
         node = wf[node_id]
-        for key, cap in TINY_CAPS.items():
+        for key, cap in BUILTIN_CAPS.get(builtin, TINY_CAPS).items():
             value = node["inputs"].get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value > cap:
                 spec = _input_spec(object_info[node["class_type"]], key)
@@ -1008,6 +1018,7 @@ def run(
     require_documented: bool = False,
     keep: bool = False,
     extra_args: list[str] | None = None,
+    builtin: str = "micro",
 ) -> Report:
     report = Report()
     comfy_dir = Path(comfy_dir).resolve()
@@ -1106,7 +1117,7 @@ def run(
                 report.add(f"workflow {name}", "pass", f"the same prompt the frontend queues for "
                            f"{path.stem[: -len('_api')]}.json, which ran above")
                 continue
-            prepared, notes, reason = prepare_workflow(name, wf, object_info)
+            prepared, notes, reason = prepare_workflow(name, wf, object_info, builtin)
             if prepared is None:
                 report.add(f"workflow {name}", "skip", reason)
                 continue
@@ -1172,6 +1183,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="workflow to run, UI or API format (repeatable; default workflows/*.json and workflows/api/*_api.json)",
     )
+    parser.add_argument("--builtin", choices=["micro", "tiny"], default="micro",
+                        help="the pack's built-in models the shared workflows are switched to: micro (the shipped "
+                             "trained micro-world models, default) or tiny (untrained, seconds)")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--workflow-timeout", type=float, default=600.0)
     parser.add_argument("--no-interrupt", action="store_true", help="skip the /interrupt checks")
@@ -1196,6 +1210,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupt_steps=args.interrupt_steps,
         require_documented=args.require_documented_nodes,
         keep=args.keep,
+        builtin=args.builtin,
     )
     if args.show_log or not report.ok:
         print("---- ComfyUI log (tail) ----")

@@ -275,7 +275,8 @@ def _report(args) -> int:
 
     _threads(args)
     write_report(args.out, _world_dir(args), scenes=args.report_scenes, noise_scenes=args.noise_scenes,
-                 docs=args.docs, progress=not args.quiet, t2v_prompts=args.t2v_prompts)
+                 docs=args.docs, progress=not args.quiet, t2v_prompts=args.t2v_prompts,
+                 part=args.part)
     return 0
 
 
@@ -355,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("report / ship")
     r.add_argument("--report-scenes", type=int, default=200, help="held-out scenes for the NVS tables")
     r.add_argument("--noise-scenes", type=int, default=60, help="held-out scenes for the noise curves")
+    r.add_argument("--part", choices=["all", "2"], default="all",
+                   help="report: 'all' measures everything; '2' keeps the earlier report's part-1 numbers and adds "
+                        "the text-to-3D part (after the t2v, scorer, judge and align stages)")
     r.add_argument("--t2v-prompts", type=int, default=40, help="held-out prompts per split for text to 3D")
     r.add_argument("--docs", default=None, help="also write <docs>/micro_world.md and <docs>/micro_world/*.png")
     r.add_argument("--to", default=None, help="ship: destination (default vist3a/weights/micro of this checkout)")

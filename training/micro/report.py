@@ -445,11 +445,23 @@ def _world_line(w: dict) -> str:
 
 
 def write_report(run: str | Path, world: str | Path, *, scenes: int = 200, noise_scenes: int = 60,
-                 docs: str | Path | None = None, progress: bool = True, t2v_prompts: int = 40) -> Path:
-    """Measure, then write ``<run>/report`` (and ``<docs>/micro_world.md`` + ``<docs>/micro_world/``)."""
+                 docs: str | Path | None = None, progress: bool = True, t2v_prompts: int = 40,
+                 part: str = "all") -> Path:
+    """Measure, then write ``<run>/report`` (and ``<docs>/micro_world.md`` + ``<docs>/micro_world/``).
+
+    ``part``: ``"all"`` measures everything; ``"2"`` keeps the part-1 measurements of an earlier report
+    (``<run>/report/results.json``, e.g. made before the text-to-video stages finished) and measures part 2 only."""
     run = Path(run)
     out = run / "report"
-    res = collect(run, world, scenes=scenes, noise_scenes=noise_scenes, progress=progress, out_dir=out)
+    if part not in ("all", "2"):
+        raise ValueError(f"write_report: part must be 'all' or '2', not {part!r}")
+    if part == "2":
+        if not (out / "results.json").is_file():
+            raise FileNotFoundError(f"{out / 'results.json'} is missing: run the report once with --part all")
+        res = json.loads((out / "results.json").read_text())
+        res.pop("t2v", None)
+    else:
+        res = collect(run, world, scenes=scenes, noise_scenes=noise_scenes, progress=progress, out_dir=out)
     command = f"python -m training.micro report --out {run}" + (f" --docs {docs}" if docs else "")
     part2 = ""
     if (run / "align" / "lora_ema" / "adapter_model.safetensors").is_file() and (run / "judge" /
