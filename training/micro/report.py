@@ -431,6 +431,22 @@ def markdown(res: dict, img: str, command: str) -> str:
               "| stitched (latent) | " + " | ".join(_f(r["psnr"]) for r in noise["stitched"]) + " |",
               "| VAE decode + AnySplat | " + " | ".join(_f(r["psnr"]) for r in noise["decode_reconstruct"]) + " |",
               "", f"![noise]({img}/noise.png)", ""]
+    abl = res.get("camera_ablation")
+    if abl:
+        lines += ["## Why the micro AnySplat has one token entry per frame", "",
+                  ("AnySplat (like VGGT) gives its aggregator 2 learned camera / register token entries: one for the "
+                   "first frame, one shared by all others. Trained on the micro world, the micro AnySplat's camera "
+                   "head with 2 entries collapsed to the mean orbit pose; with one entry per frame (`frame_tokens: 9`) "
+                   "it learns the poses. Measured by `python -m training.micro ablate-cameras`: a fresh micro "
+                   f"AnySplat's aggregator and camera head trained on the camera loss alone ({abl[0]['steps']} steps, "
+                   f"AdamW {abl[0]['lr']:g}), mean rotation error of the predicted poses on {abl[0]['eval_scenes']} "
+                   "held-out scenes:"), "",
+                  "| token entries | " + " | ".join(f"step {s}" for s, _ in abl[0]["rotation_error_deg"]) + " |",
+                  "| --- |" + " ---: |" * len(abl[0]["rotation_error_deg"])]
+        for r in abl:
+            lines.append(f"| {r['frame_tokens']} | " + " | ".join(f"{e:.1f} deg" for _, e in r["rotation_error_deg"])
+                         + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -462,6 +478,9 @@ def write_report(run: str | Path, world: str | Path, *, scenes: int = 200, noise
         res.pop("t2v", None)
     else:
         res = collect(run, world, scenes=scenes, noise_scenes=noise_scenes, progress=progress, out_dir=out)
+    ablation = run / "ablation" / "cameras.json"
+    if ablation.is_file():
+        res["camera_ablation"] = json.loads(ablation.read_text())
     command = f"python -m training.micro report --out {run}" + (f" --docs {docs}" if docs else "")
     part2 = ""
     if (run / "align" / "lora_ema" / "adapter_model.safetensors").is_file() and (run / "judge" /

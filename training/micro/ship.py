@@ -10,6 +10,9 @@ Writes, each model in float16 (loaded back as float32):
 * ``transformer/``, ``text_encoder/``, ``tokenizer/`` the micro text-to-video model (part 2; when the run has
   ``t2v/pipeline``): diffusers ``WanTransformer3DModel`` and transformers ``UMT5EncoderModel`` folders, the word-level
   tokenizer; ``vocabulary.json`` what the world's captions can say, by kind (``micro_prompt_note`` reads it);
+* ``scorer/``   the micro CLIP (the reward model of the align stage; a transformers ``CLIPModel`` folder) and
+  ``judge/`` the ground-truth judge (object count, colours, shapes from a render; the report's and the tests'
+  measure of text adherence);
 * ``lora/``     the DRTune-aligned EMA LoRA of the transformer (PEFT folder, as the published ``vist3a_*_lora_ema``;
   when the run has ``align/lora_ema`` from a finished align stage);
 * ``README.md`` the model cards (data, command, seed, steps, wall time on the machine that trained them, metrics
@@ -155,6 +158,15 @@ def ship_text_to_video(run: Path, dest: Path) -> bool:
     _replace_dir(tmp, dest / "tokenizer")
     with atomic_write(dest / "vocabulary.json", "w") as fh:
         json.dump(micro_vocabulary_by_kind(), fh, indent=1)
+    for src, name in ((run / "scorer" / "clip", "scorer"), (run / "judge", "judge")):
+        if not src.is_dir():
+            logger.warning("%s is missing: not shipping the micro %s", src, name)
+            continue
+        tmp = _staging(dest, name)
+        for f in src.iterdir():
+            if f.is_file() and (name != "judge" or f.name == "judge.safetensors"):
+                shutil.copy2(f, tmp / f.name)
+        _replace_dir(tmp, dest / name)
     lora = run / "align" / "lora_ema"
     if (lora / "adapter_model.safetensors").is_file() and (run / "align" / "done").is_file():
         tmp = _staging(dest, "lora")
@@ -217,9 +229,12 @@ Held-out reconstruction PSNR: **{res['vae']['psnr']:.2f} dB** ({res['vae']['clip
 ## anysplat/ - micro AnySplat (the "pretrained 3D model")
 
 This pack's `vist3a.models.AnySplat`, width 128, 6 DINO blocks + 6 frame/global pairs, 56x56 frames (4x4 tokens),
-SH degree 1, {res['params']['anysplat'] / 1e6:.2f}M parameters. Trained {m3_steps} steps from scratch (one scene of 9 views per step; camera + depth losses against
-the ground truth, photometric L1 + SSIM of its Gaussians rendered at 2 context and 2 novel views; AdamW 3e-4),
-{_fmt_min(m3_time)}. Novel-view synthesis on the held-out scenes (9 context views, 4 novel views each, context-
+SH degree 1, one camera/register token entry per frame (`frame_tokens: 9`; the published AnySplat has 2 entries,
+first frame and the rest, and with 2 the micro camera head collapsed to the mean orbit pose: see
+`docs/micro_world.md`), {res['params']['anysplat'] / 1e6:.2f}M parameters. Trained {m3_steps} steps from scratch (one
+scene of 9 views per step; camera + depth losses against the ground truth from the first step, photometric L1 + SSIM
+of its Gaussians rendered at 1 context and 1 held-out target view per step after a 400-step warm-up; AdamW 3e-4,
+cosine), {_fmt_min(m3_time)}. Novel-view synthesis on the held-out scenes (9 context views, 4 novel views each, context-
 aligned ground-truth poses): **{nv(nvs['anysplat'])}**.
 
 ## decoder/ - micro stitched decoder (`--preset micro`)
