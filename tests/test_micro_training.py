@@ -215,3 +215,12 @@ def test_judge_stage_learns_ground_truth_labels(world, tmp_path, single_thread):
     assert train_judge(world, tmp_path / "j", JudgeTrainConfig(steps=40, batch=6, lr=3e-3), progress=False) == 0
     after = loss(load_judge(tmp_path / "j" / "judge.safetensors"))
     assert after < 0.7 * before, (before, after)  # stated margin: -30 % colour loss on the training renders
+
+
+def test_finetune_stage_spreads_its_layers_over_the_ranking():
+    from training.micro.cli import finetuned_layers
+
+    ranked = [f"enc_blocks_{k}" for k in (1, 2, 3, 4, 5, 6)]
+    assert finetuned_layers(ranked) == ["enc_blocks_1", "enc_blocks_3", "enc_blocks_5", "enc_blocks_6"]
+    assert finetuned_layers(ranked[:3]) == ranked[:3]
+    assert finetuned_layers(ranked[::-1])[0] == "enc_blocks_6"  # the best first, whatever it is

@@ -134,11 +134,23 @@ def ranking(search_dir: Path) -> list[dict]:
     return json.loads((search_dir / "ranking.json").read_text())["ranking"]
 
 
-def finetune_runs(search_dir: Path, finetune_dir: Path) -> dict[str, dict]:
-    """name -> {"layer", "init": "closed-form" | "random", "output"} for every finetuning run of the stage."""
-    layers = [r["layer"] for r in ranking(search_dir)]
+def finetuned_layers(ranked: list[str]) -> list[str]:
+    """The layers the finetune stage trains from their closed-form initialisation: the best, those at a third and
+    two thirds of the ranking, and the worst (4 layers spread over the ranking, for the MSE-vs-quality comparison;
+    all of them when there are 4 or fewer)."""
+    n = len(ranked)
+    picks = [ranked[0], ranked[n // 3], ranked[(2 * n) // 3], ranked[-1]] if n > 4 else list(ranked)
+    return list(dict.fromkeys(picks))
+
+
+def finetune_runs(search_dir: Path, finetune_dir: Path, every_layer: bool = False) -> dict[str, dict]:
+    """name -> {"layer", "init": "closed-form" | "random", "output"} for every finetuning run of the stage:
+    :func:`finetuned_layers` (or every searched layer when ``every_layer``) from the closed-form initialisation,
+    and the best layer from a random initialisation (``<best>_random``)."""
+    ranked = [r["layer"] for r in ranking(search_dir)]
+    layers = ranked if every_layer else finetuned_layers(ranked)
     runs = {name: {"layer": name, "init": "closed-form", "output": finetune_dir / name} for name in layers}
-    best = layers[0]
+    best = ranked[0]
     runs[f"{best}_random"] = {"layer": best, "init": "random", "output": finetune_dir / f"{best}_random"}
     return runs
 
@@ -150,8 +162,9 @@ def _finetune(args) -> int:
     p = _paths(args)
     _need(p["search"] / "ranking.json", "search", args)
     _threads(args)
-    runs = finetune_runs(p["search"], p["finetune"])
-    only = set(args.layers.split(",")) if args.layers else None
+    every = args.layers == "all"
+    runs = finetune_runs(p["search"], p["finetune"], every_layer=every)
+    only = set(args.layers.split(",")) if args.layers and not every else None
     for name, run in runs.items():
         if only is not None and name not in only:
             continue
@@ -347,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--search-samples", type=int, default=800, help="training clips of the layer search")
     t.add_argument("--search-heldout", type=int, default=200, help="held-out clips of the layer search")
     t.add_argument("--finetune-steps", type=int, default=1000)
-    t.add_argument("--layers", default=None, help="finetune: only these runs (comma list of run names)")
+    t.add_argument("--layers", default=None, help="finetune: only these runs (comma list of run names, e.g. enc_blocks_1,enc_blocks_1_random), "
+                        "or 'all' for every searched layer (default: the best, 3 more spread over the ranking, "
+                        "and the best from a random initialisation)")
     t.add_argument("--scorer-steps", type=int, default=2000)
     t.add_argument("--ablation-steps", type=int, default=1000, help="ablate-cameras: camera-only steps per variant")
     t.add_argument("--t2v-steps", type=int, default=6000)

@@ -54,11 +54,12 @@ def _load_models(run: Path) -> dict[str, Any]:
     vae = AutoencoderKLWan.from_pretrained(str(run / "vae" / "vae")).eval()
     model = from_pretrained(run / "model3d" / "anysplat").eval()
     decoders = {}
-    for name, info in finetune_runs(run / "search", run / "finetune").items():
+    default = finetune_runs(run / "search", run / "finetune")
+    for name, info in finetune_runs(run / "search", run / "finetune", every_layer=True).items():
         path = info["output"] / "decoder"
         if (path / "model.safetensors").is_file():
             decoders[name] = load_decoder(path).eval()
-        else:
+        elif name in default:
             logger.warning("report: %s has no finetuned decoder yet (%s)", name, path)
     return {"vae": vae, "model": model, "decoders": decoders, "ranking": ranking(run / "search")}
 
