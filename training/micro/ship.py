@@ -207,7 +207,7 @@ def model_cards(run: Path, res: dict, best: str, finetune_steps: int) -> str:
 Small models trained on the **micro world** (`training/micro/`): seeded scenes of 1-3 coloured primitives (sphere,
 cube, cone, cylinder, torus; 8 colours; 2 sizes) on a textured ground under a sky, rendered with `vist3a.render`
 as 9-frame 64x64 clips from a camera orbiting at constant distance. 4000 training scenes, 200 held-out test scenes
-(every metric below), 100 "novel" scenes with colour x shape pairs never trained on. World generation: {_fmt_min(
+(the metrics below are measured on the first {res['scenes']}), 100 "novel" scenes with colour x shape pairs never trained on. World generation: {_fmt_min(
 world.get("wall_s"))} wall time. Everything was trained on a 2-core CPU (no GPU), seed 0, by
 
 ```
