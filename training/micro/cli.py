@@ -369,12 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--align-steps", type=int, default=300)
     t.add_argument("--align-prompts", type=int, default=500, help="training captions used as DRTune prompts")
     r = p.add_argument_group("report / ship")
-    r.add_argument("--report-scenes", type=int, default=100, help="held-out scenes for the NVS tables")
-    r.add_argument("--noise-scenes", type=int, default=30, help="held-out scenes for the noise curves")
+    r.add_argument("--report-scenes", type=int, default=60, help="held-out scenes for the NVS tables")
+    r.add_argument("--noise-scenes", type=int, default=24, help="held-out scenes for the noise curves")
     r.add_argument("--part", choices=["all", "2"], default="all",
                    help="report: 'all' measures everything; '2' keeps the earlier report's part-1 numbers and adds "
                         "the text-to-3D part (after the t2v, scorer, judge and align stages)")
-    r.add_argument("--t2v-prompts", type=int, default=30, help="held-out prompts per split for text to 3D")
+    r.add_argument("--t2v-prompts", type=int, default=24, help="held-out prompts per split for text to 3D")
     r.add_argument("--docs", default=None, help="also write <docs>/micro_world.md and <docs>/micro_world/*.png")
     r.add_argument("--to", default=None, help="ship: destination (default vist3a/weights/micro of this checkout)")
     c = p.add_argument_group("clip")

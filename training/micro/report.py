@@ -39,7 +39,7 @@ __all__ = ["NOISE_ALPHAS", "collect", "write_report"]
 
 logger = logging.getLogger("vist3a.micro")
 
-NOISE_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+NOISE_ALPHAS = (0.0, 0.1, 0.25, 0.5, 1.0)
 EXAMPLE_SCENES = (0, 1, 2, 3, 4, 5)
 
 
