@@ -207,7 +207,7 @@ def _judge(args) -> int:
     from .judge import JudgeTrainConfig, train_judge
 
     _threads(args)
-    return train_judge(_world_dir(args), Path(args.out) / "judge", JudgeTrainConfig(seed=args.seed),
+    return train_judge(_world_dir(args), Path(args.out) / "judge", JudgeTrainConfig(steps=args.judge_steps, seed=args.seed),
                        progress=not args.quiet, stop_after=args.stop_after)
 
 
@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the best from a random initialisation)")
     t.add_argument("--scorer-steps", type=int, default=2000)
     t.add_argument("--ablation-steps", type=int, default=500, help="ablate-cameras: camera-only steps per variant")
+    t.add_argument("--judge-steps", type=int, default=800)
     t.add_argument("--t2v-steps", type=int, default=6000)
     t.add_argument("--align-steps", type=int, default=300)
     t.add_argument("--align-prompts", type=int, default=500, help="training captions used as DRTune prompts")

@@ -63,8 +63,8 @@ def judge_labels(spec) -> dict[str, Tensor]:
 
 @dataclass
 class JudgeTrainConfig:
-    steps: int = 1500
-    batch: int = 64
+    steps: int = 800
+    batch: int = 32
     lr: float = 2e-3
     seed: int = 0
 
