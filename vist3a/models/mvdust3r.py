@@ -41,11 +41,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..pointmap import Pointmap
 from ..sh import rgb_to_sh_dc
 from .config import MVDUSt3RConfig
 from .croco import CROCO_NORM_EPS, DecoderBlock, PatchEmbed16, encoder_block, patch_positions
+from .geometry import cameras_from_pointmap
 from .heads.mvdust3r import GaussianPixelHead, LinearPts3dHead
 from .rope import RotaryEmbedding2D
 
@@ -61,11 +63,15 @@ _FIELDS = ("pts3d", "conf", "rgb", "opacity", "scale", "rotation")
 
 @dataclass
 class MVDUSt3RPrediction:
-    """Per batch item (path 0, frame of view 0): ``pointmaps[b]`` (:class:`Pointmap`, no cameras: MVDUSt3R predicts
-    none) and ``gaussians[b]`` (:class:`Gaussians`, one per pixel); ``raw`` is the forward dict."""
+    """Per batch item (one reference path, world = the camera frame of its reference view): ``pointmaps[b]``
+    (:class:`Pointmap`), ``gaussians[b]`` (:class:`Gaussians`, one per pixel) and ``cameras[b]`` (:class:`Cameras`
+    estimated from the pointmap by :func:`~vist3a.models.geometry.cameras_from_pointmap`: MVDUSt3R predicts none);
+    ``depth`` (B, V, H, W) z in each view's estimated camera; ``raw`` is the forward dict."""
 
     pointmaps: list[Pointmap]
     gaussians: list[Gaussians]
+    cameras: list[Cameras]
+    depth: Tensor
     raw: dict[str, Any]
 
 
@@ -325,18 +331,26 @@ class MVDUSt3R(nn.Module):
         """Raw forward dict -> :class:`MVDUSt3RPrediction` for reference path ``path`` (its frame: the camera of view
         ``path``). ``images`` (B, V, 3, H, W) in [0, 1] colour the points and Gaussians (None: the Gaussian head's
         colour, grey points)."""
-        b = raw["pts3d"].shape[0]
-        pms, gss = [], []
+        b, _, v, h, w = raw["pts3d"].shape[:5]
+        pms, gss, cams, depths = [], [], [], []
         for i in range(b):
             pts = raw["pts3d"][i, path].float()
+            conf = raw["conf"][i, path].float()
             if images is not None:
                 colors = images[i].permute(0, 2, 3, 1).float().clamp(0, 1)
             else:
                 colors = torch.full_like(pts, 0.5)
-            pms.append(Pointmap(pts, raw["conf"][i, path].float(), colors))
-            gss.append(mvdust3r_gaussians({k: raw[k][i, path] for k in _FIELDS},
+            # the path's reference view first, so that it is "view 0" of the camera estimate
+            order = [path, *(j for j in range(v) if j != path)]
+            c2w, k, depth = cameras_from_pointmap(pts[order].detach(), conf[order].detach())
+            back = torch.argsort(torch.tensor(order))
+            cam = Cameras(c2w[back], k[back], w, h)
+            cams.append(cam)
+            depths.append(depth[back])
+            pms.append(Pointmap(pts, conf, colors, cam))
+            gss.append(mvdust3r_gaussians({k_: raw[k_][i, path] for k_ in _FIELDS},
                                           None if images is None else colors))
-        return MVDUSt3RPrediction(pms, gss, raw)
+        return MVDUSt3RPrediction(pms, gss, cams, torch.stack(depths), raw)
 
 
 def mvdust3r_gaussians(fields: dict[str, Tensor], colors: Tensor | None = None) -> Gaussians:
