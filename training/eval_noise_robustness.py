@@ -237,8 +237,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     vae_size = args.vae_size or (64 if args.preset == "tiny" else 512)
     model_size = decoder.model_size_for((vae_size, vae_size))[0]
     views = args.views or (9 if args.preset == "tiny" else 13)
-    if (views - 1) % 4:
-        raise ValueError(f"--views must be 4k+1 for the Wan VAE, got {views}")
+    tc = vae.temporal_compression
+    if (views - 1) % tc:
+        raise ValueError(f"--views must be {tc}k+1 for the {getattr(vae, 'name', 'video')} VAE, got {views}")
     render_idx = None
     if args.render_views:
         render_idx = sorted({round(i * (views - 1) / max(args.render_views - 1, 1))

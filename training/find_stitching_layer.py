@@ -59,7 +59,7 @@ import torch
 from vist3a.io.atomic import atomic_path, atomic_write
 from vist3a.stitching.config import RELEASED_CONFIG, StitchingConfig
 from vist3a.stitching.search import DEFAULT_RIDGE, NUMERICS, LayerSearch, SearchResult, reduce_
-from vist3a.stitching.vae import load_video_vae, tiny_video_vae
+from vist3a.stitching.vae import VAE_KINDS, load_video_vae, tiny_video_vae
 
 from .data import (
     FolderClips,
@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="3D model (mvdust3r: candidate layers are its 24 CroCo encoder blocks; the stitching conv "
                           "defaults to the paper's conv3d_k5x7x7_o1024_s1x3x3_p2x0x0, 384 px video -> 224 px)")
     mdl.add_argument("--model-path", default=None, help="hub id, folder or weights file of the 3D model")
-    mdl.add_argument("--vae", choices=("wan", "cogvideox"), default="wan")
+    mdl.add_argument("--vae", choices=VAE_KINDS, default="wan",
+                     help="video VAE (diffusers): wan (default), cogvideox, hunyuan (AutoencoderKLHunyuanVideo, 16 ch, "
+                          "4x8x8) or svd (AutoencoderKLTemporalDecoder, 4 ch, per frame 8x8)")
     mdl.add_argument("--vae-path", default=None, help="diffusers VAE folder / hub id (a pipeline's vae/ is found)")
     mdl.add_argument("--tiny", action="store_true", help="tiny randomly initialised models (smoke tests)")
     mdl.add_argument("--latent-mean", action="store_true", help="use the encoder mean instead of a sample")

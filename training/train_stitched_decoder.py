@@ -188,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="3D model (mvdust3r: Zhenggang/MV-DUSt3R, splats and pointmaps; its stitching conv "
                         f"defaults to the paper's {MVDUST3R_CONFIG} at 384 px video / 224 px frames)")
     m.add_argument("--model-path", default=None, help="hub id / folder / weights of the ORIGINAL 3D model")
-    m.add_argument("--vae-path", default=None, help="Wan 2.1 VAE: diffusers folder / hub id (a pipeline's vae/)")
+    m.add_argument("--vae", choices=("wan", "cogvideox", "hunyuan", "svd"), default="wan",
+                   help="video VAE whose latents the decoder reads (default wan = Wan 2.1, the published pairing; "
+                        "hunyuan / svd / cogvideox: the paper's other pairings; decoded frames need wan, the others "
+                        "train on real frames)")
+    m.add_argument("--vae-path", default=None, help="VAE: diffusers folder / hub id (a pipeline's vae/)")
     m.add_argument("--preset", choices=("tiny",), default=None,
                    help="tiny: tiny random AnySplat/VGGT + tiny Wan VAE (tests, smoke runs)")
     m.add_argument("--cut", default=None, help="cut point enc_blocks_k (default: from --init-stitching, else "
@@ -300,7 +304,7 @@ def _best_layer_file(folder: Path) -> Path:
     return path
 
 
-def load_stitching_init(path: str | Path, in_channels: int) -> tuple[StitchingLayer, str]:
+def load_stitching_init(path: str | Path, in_channels: int, temporal_factor: int = 4) -> tuple[StitchingLayer, str]:
     """A find_stitching_layer output (folder -> its best layer, or a ``stitching_layer_<layer>.safetensors``) ->
     (initialised :class:`StitchingLayer`, its layer name ``enc_blocks_k``)."""
     from safetensors import safe_open
@@ -315,7 +319,8 @@ def load_stitching_init(path: str | Path, in_channels: int) -> tuple[StitchingLa
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     if meta.get("format") != "vist3a.stitching_layer" or not {"weight", "bias"} <= set(tensors):
         raise ValueError(f"--init-stitching {path}: not a stitching-layer file written by find_stitching_layer")
-    layer = StitchingLayer(meta["config"], in_channels=int(meta.get("in_channels", in_channels)))
+    layer = StitchingLayer(meta["config"], in_channels=int(meta.get("in_channels", in_channels)),
+                           temporal_factor=temporal_factor)
     layer.load_state_dict({"weight": tensors["weight"].float(), "bias": tensors["bias"].float()})
     return layer, meta["layer"]
 
@@ -325,7 +330,7 @@ def _stitching_config(args, width: int) -> StitchingConfig:
     return StitchingConfig.parse(text)
 
 
-def build_student(args, base: nn.Module, latent_channels: int = 16) -> StitchedDecoder:
+def build_student(args, base: nn.Module, latent_channels: int = 16, temporal_factor: int = 4) -> StitchedDecoder:
     """The stitched decoder to finetune, before LoRA: from ``--init-decoder``, or a copy of ``base`` cut at
     ``--cut`` with the stitching layer from ``--init-stitching`` (or randomly initialised)."""
     if args.init_decoder:
@@ -343,14 +348,15 @@ def build_student(args, base: nn.Module, latent_channels: int = 16) -> StitchedD
         return student.train()
     width = model_width(base)
     if args.init_stitching:
-        layer, cut = load_stitching_init(args.init_stitching, latent_channels)
+        layer, cut = load_stitching_init(args.init_stitching, latent_channels, temporal_factor)
         if args.cut and args.cut != cut:
             raise ValueError(f"--init-stitching was fitted at {cut}, not --cut {args.cut}; drop --cut or pick the "
                              f"stitching_layer_{args.cut}.safetensors file")
         if args.config and StitchingConfig.parse(args.config).to_string() != layer.config.to_string():
             raise ValueError(f"--init-stitching has config {layer.config.to_string()}, not --config {args.config}")
     else:
-        layer = StitchingLayer(_stitching_config(args, width), in_channels=latent_channels)
+        layer = StitchingLayer(_stitching_config(args, width), in_channels=latent_channels,
+                               temporal_factor=temporal_factor)
         cut = args.cut or "enc_blocks_2"
     student = StitchedDecoder(copy.deepcopy(base), cut, layer)
     student.base_id = "tiny-random" if args.preset == "tiny" else args.model_path
@@ -445,10 +451,10 @@ def _build_vae(args, device: torch.device):
     gen = torch.Generator(device=device)
     kw = {"sample": not args.latent_mean, "generator": gen}
     if args.preset == "tiny":
-        vae = tiny_video_vae("wan", seed=args.seed, **kw)
+        vae = tiny_video_vae(args.vae, seed=args.seed, **kw)
         vae.vae.to(device)
     else:
-        vae = load_video_vae("wan", args.vae_path, device=device, **kw)
+        vae = load_video_vae(args.vae, args.vae_path, device=device, **kw)
     vae.vae.eval().requires_grad_(False)
     return vae
 
@@ -597,7 +603,11 @@ class Trainer:
         sizes = default_sizes(args.model, args.preset == "tiny")
         self.vae_size = args.vae_size or sizes[0]
         self.model_size = args.model_size or sizes[1]
-        student = build_student(args, base, self.vae.latent_channels)
+        if args.vae != "wan" and args.frames == "decoded":
+            logger.warning("--vae %s: decoded frames need the Wan VAE's decoder here; training on real frames",
+                           args.vae)
+            args.frames = "real"
+        student = build_student(args, base, self.vae.latent_channels, self.vae.temporal_compression)
         if getattr(getattr(student.model, "config", None), "voxelize", False):  # an --init-decoder that voxelises
             self.voxelize = True
             student.model.config.voxelize = False
