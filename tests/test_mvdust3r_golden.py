@@ -153,7 +153,8 @@ def _run(golden_dir, plus: bool, full: bool) -> None:
         per_path, skip_rows, pts_rows = [], [], []
         sv, sy, sx = idx // (h * w), (idx % (h * w)) // w, idx % w
         for r in range(n_paths):
-            head_of = lambda view: model.downstream_head1 if view == r else model.downstream_head2  # noqa: E731
+            heads = {j: model.downstream_head1 if j == r else model.downstream_head2 for j in range(v)}
+            head_of = heads.__getitem__
             fields = {k: out[k][0, r] for k in FIELDS}
             crops = {k: t[1, :32, :32] for k, t in fields.items()}
             p_path = {}

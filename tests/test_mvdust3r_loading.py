@@ -45,7 +45,7 @@ def test_released_layout_loads_key_for_key(tmp_path, single_thread, n_ref):
     model = _tiny(n_ref)
     path = tmp_path / ("MVDp_s2.pth" if n_ref > 1 else "MVD.pth")
     _released(path, model)
-    state, info = load_mvdust3r_state(path)
+    _state, info = load_mvdust3r_state(path)
     assert info["variant"] == ("mvdp" if n_ref > 1 else "mvd") and info["epoch"] == 99
     assert info["constructor"].startswith("AsymmetricCroCo3DStereoMultiView(")
     loaded = from_pretrained(path)

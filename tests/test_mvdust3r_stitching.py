@@ -120,14 +120,19 @@ def test_nodes_load_and_decode_both_outputs(trained, tmp_path, single_thread):
 
     _fake_comfy.install(tmp_path)
     try:
-        from nodes.decoding import TINY_MVDUST3R, DecodeToPointmap, DecodeToSplats, LoadStitchedDecoder
+        from nodes.decoding import (
+            TINY_MVDUST3R,
+            DecodeToPointmap,
+            DecodeToSplats,
+            LoadStitchedDecoder,
+        )
 
         shutil.copytree(trained / "train" / "decoder", tmp_path / "models" / "vist3a" / "mvd_finetune")
         names = LoadStitchedDecoder.INPUT_TYPES()["required"]["decoder"][0]
         assert "mvd_finetune" in names and TINY_MVDUST3R in names
         handle, = LoadStitchedDecoder().load("mvd_finetune", "auto", "cpu")
         latent = {"samples": torch.randn(1, 16, 2, 16, 16)}
-        splats, cameras, frames = DecodeToSplats().decode(handle, latent)  # no VAE: grey splats
+        _splats, cameras, frames = DecodeToSplats().decode(handle, latent)  # no VAE: grey splats
         assert len(cameras[0]) == 5 and frames.shape == (5, 128, 128, 3)
         points, _cams, depth = DecodeToPointmap().decode(handle, latent, 0.0, 0.0)
         assert len(points.clouds[0]) == 5 * 64 * 64 and depth.shape == (5, 64, 64, 3)

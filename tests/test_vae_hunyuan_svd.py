@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from vist3a.stitching.vae import HunyuanVideoVAE, SVDVAE, tiny_video_vae, wrap_video_vae
+from vist3a.stitching.vae import SVDVAE, HunyuanVideoVAE, tiny_video_vae, wrap_video_vae
 
 
 @pytest.mark.parametrize("kind, cls, channels, temporal", [("hunyuan", HunyuanVideoVAE, 16, 4),

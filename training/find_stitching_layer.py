@@ -158,7 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ============================================================================================ building
 def _build_model(args, device, dtype):
     if args.tiny:
-        from vist3a.models import VGGT, AnySplat, AnySplatConfig, MVDUSt3R, MVDUSt3RConfig, VGGTConfig
+        from vist3a.models import (
+            VGGT,
+            AnySplat,
+            AnySplatConfig,
+            MVDUSt3R,
+            MVDUSt3RConfig,
+            VGGTConfig,
+        )
 
         torch.manual_seed(args.seed)
         if args.model == "mvdust3r":

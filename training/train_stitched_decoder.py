@@ -269,7 +269,14 @@ def _check_args(args: argparse.Namespace) -> None:
 
 # ============================================================================================ models
 def _tiny_base(kind: str, seed: int) -> nn.Module:
-    from vist3a.models import VGGT, AnySplat, AnySplatConfig, MVDUSt3R, MVDUSt3RConfig, VGGTConfig
+    from vist3a.models import (
+        VGGT,
+        AnySplat,
+        AnySplatConfig,
+        MVDUSt3R,
+        MVDUSt3RConfig,
+        VGGTConfig,
+    )
 
     torch.manual_seed(seed)
     if kind == "mvdust3r":

@@ -106,7 +106,7 @@ def load_mvdust3r_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         if bad:
             raise ValueError(f"MVDUSt3R checkpoint {text}: its state dict has non-tensor entries {bad}")
         state = {str(k): v for k, v in obj.items()}
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
     if not _is_mvdust3r_state(state):
         raise ValueError(f"MVDUSt3R checkpoint {text}: no MVDUSt3R keys (dec_blocks.*, downstream_head1.*); pass "
                          "MVD.pth, MVDp_s1.pth or MVDp_s2.pth from Zhenggang/MV-DUSt3R")
@@ -120,7 +120,7 @@ def load_mvdust3r_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
 def mvdust3r_config_for(state: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> MVDUSt3RConfig:
     """The config of a MVDUSt3R state dict: sizes from the tensor shapes, n_ref 4 for MV-DUSt3R+ (or the
     constructor string's ``n_ref``)."""
-    enc = state["patch_embed.proj.weight"] if "patch_embed.proj.weight" in state else None
+    enc = state.get("patch_embed.proj.weight")
     dec = state["decoder_embed.weight"]
     enc_depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("enc_blocks."))
     dec_depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("dec_blocks."))
@@ -133,7 +133,7 @@ def mvdust3r_config_for(state: Mapping[str, Any], info: Mapping[str, Any] | None
     enc_dim, dec_dim = int(dec.shape[1]), int(dec.shape[0])
     rgb = state.get("downstream_GS_head.0.mlp_rgb.2.weight")
     p = base.patch_size if enc is None else int(enc.shape[-1])
-    sh = 0 if rgb is None else int(round((rgb.shape[0] // (3 * p * p)) ** 0.5)) - 1
+    sh = 0 if rgb is None else round((rgb.shape[0] // (3 * p * p)) ** 0.5) - 1
     def heads(dim: int) -> int:  # shapes do not fix the head count: 64-dim heads (the releases), else 4 (tiny)
         return dim // 64 if dim >= 256 and dim % 64 == 0 else 4
 
@@ -262,7 +262,7 @@ def _download_file(repo_id: str, filename: str, revision: str | None) -> Path:
         raise RuntimeError("from_pretrained: huggingface_hub is needed for hub files; pass a local path") from err
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision))
-    except Exception as err:  # noqa: BLE001 -- offline, missing file, no access: one message
+    except Exception as err:  # offline, missing file, no access: one message
         raise OSError(_offline_message(repo_id, err)) from err
 
 

@@ -46,7 +46,13 @@ from ..gaussians import Gaussians
 from ..pointmap import Pointmap
 from ..sh import rgb_to_sh_dc
 from .config import MVDUSt3RConfig
-from .croco import CROCO_NORM_EPS, DecoderBlock, PatchEmbed16, encoder_block, patch_positions
+from .croco import (
+    CROCO_NORM_EPS,
+    DecoderBlock,
+    PatchEmbed16,
+    encoder_block,
+    patch_positions,
+)
 from .geometry import cameras_from_pointmap
 from .heads.mvdust3r import GaussianPixelHead, LinearPts3dHead
 from .rope import RotaryEmbedding2D

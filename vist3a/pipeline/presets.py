@@ -117,7 +117,14 @@ def tiny_decoder(seed: int = 0, kind: str = "anysplat", latent_channels: int = 1
     """A tiny stitched decoder: tiny AnySplat (or VGGT) cut at ``enc_blocks_2`` + the tiny stitching layer; tiny
     MVDUSt3R (``kind="mvdust3r"``, MV-DUSt3R+ with 4 paths) cut at ``enc_blocks_1`` + the paper's layer geometry.
     ``latent_channels`` / ``temporal_factor``: the video VAE's (16 / 4 for Wan; SVD: 4 / 1)."""
-    from ..models import VGGT, AnySplat, AnySplatConfig, MVDUSt3R, MVDUSt3RConfig, VGGTConfig
+    from ..models import (
+        VGGT,
+        AnySplat,
+        AnySplatConfig,
+        MVDUSt3R,
+        MVDUSt3RConfig,
+        VGGTConfig,
+    )
     from ..stitching import StitchedDecoder, StitchingLayer
 
     torch.manual_seed(seed)

@@ -36,10 +36,10 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "SVDVAE",
     "CogVideoXVAE",
     "DiffusersVideoVAE",
     "HunyuanVideoVAE",
-    "SVDVAE",
     "VideoVAE",
     "WanVAE",
     "latent_frames",

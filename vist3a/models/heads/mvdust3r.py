@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GaussianPixelHead", "LinearPts3dHead", "SKIP_SCALE", "tokens_to_pixels"]
+__all__ = ["SKIP_SCALE", "GaussianPixelHead", "LinearPts3dHead", "tokens_to_pixels"]
 
 SKIP_SCALE = 1e-4  # the skip branch's output is added to the xyz channels times this
 
