@@ -144,7 +144,8 @@ def build_original_model(args: argparse.Namespace, decoder, device: torch.device
 
         source = args.base_model or args.base or ("lhjiang/anysplat" if decoder.kind == "anysplat" else None)
         if source is None:
-            raise ValueError("--base-model is required for a VGGT decoder (e.g. facebook/VGGT-1B)")
+            raise ValueError(f"--base-model is required for a {decoder.kind} decoder (e.g. facebook/VGGT-1B, "
+                             "Zhenggang/MV-DUSt3R/checkpoints/MVDp_s2.pth)")
         model = from_pretrained(source, model=decoder.kind)
     param = next(decoder.parameters())
     return model.to(device=device, dtype=param.dtype).eval()
