@@ -142,3 +142,54 @@ def test_nodes_load_and_decode_both_outputs(trained, tmp_path, single_thread):
         assert len(cams[0]) == 5
     finally:
         _fake_comfy.uninstall()
+
+
+def test_cameras_from_pointmap_recovers_known_cameras():
+    """Points seen by known cameras (shared focal) in the frame of camera 0 -> the same K and poses."""
+    import math
+
+    from vist3a.models.geometry import cameras_from_pointmap
+
+    h, w, f = 24, 32, 30.0
+    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    g = torch.Generator().manual_seed(0)
+    pts, c2ws = [], []
+    for i in range(3):
+        a = 0.25 * i
+        rot = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+        t = torch.tensor([0.3 * i, -0.1 * i, 0.05 * i])
+        d = 2 + torch.rand(h, w, generator=g)
+        cam = torch.stack([(u - w / 2) / f * d, (v - h / 2) / f * d, d], -1)
+        pts.append(cam @ rot.T + t)
+        c2w = torch.eye(4)
+        c2w[:3, :3], c2w[:3, 3] = rot, t
+        c2ws.append(c2w)
+    c2w, k, depth = cameras_from_pointmap(torch.stack(pts), torch.ones(3, h, w))
+    torch.testing.assert_close(k[0], torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(c2w, torch.stack(c2ws), rtol=1e-4, atol=1e-4)
+    assert float(depth.min()) >= 2 - 1e-4 and float(depth.max()) <= 3 + 1e-4
+
+
+def test_gaussian_conventions():
+    """Means = pts3d, wxyz rotations, sigmoid opacities, scales clipped to [1e-4, 4e-3] x mean distance, colours
+    from the images when given (SH DC), else the head's raw rgb."""
+    from vist3a.models import mvdust3r_gaussians
+    from vist3a.sh import SH_C0
+
+    torch.manual_seed(0)
+    v, h, w = 2, 4, 4
+    pts = torch.randn(v, h, w, 3) + torch.tensor([0, 0, 5.0])
+    fields = {"pts3d": pts, "scale": torch.randn(v, h, w, 3) * 0.05, "rotation": F_normalize(torch.randn(v, h, w, 4)),
+              "opacity": torch.rand(v, h, w), "rgb": torch.randn(v, h, w, 3), "conf": torch.ones(v, h, w)}
+    colors = torch.rand(v, h, w, 3)
+    g = mvdust3r_gaussians(fields, colors)
+    s = pts.reshape(-1, 3).norm(dim=-1).mean()
+    assert torch.equal(g.means, pts.reshape(-1, 3))
+    torch.testing.assert_close(g.rotations, fields["rotation"].reshape(-1, 4))
+    assert float(g.scales.min()) >= 1e-4 * s * (1 - 1e-6) and float(g.scales.max()) <= 4e-3 * s * (1 + 1e-6)
+    torch.testing.assert_close(g.sh[:, 0] * SH_C0 + 0.5, colors.reshape(-1, 3))
+    torch.testing.assert_close(mvdust3r_gaussians(fields).sh[:, 0], fields["rgb"].reshape(-1, 3))
+
+
+def F_normalize(x):  # mirrors torch.nn.functional.normalize
+    return x / x.norm(dim=-1, keepdim=True)
