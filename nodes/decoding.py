@@ -366,8 +366,8 @@ class DecodeToSplats:
         _handle(node, decoder)
         raw = _latent(node, samples)
         if "splats" not in decoder.decoder.outputs:
-            raise ValueError(f"{node}: {decoder.name} is a {decoder.decoder.kind} decoder (no Gaussians); use "
-                             "DecodeToPointmap")
+            kind = {"vggt": "VGGT"}.get(decoder.decoder.kind, decoder.decoder.kind)
+            raise ValueError(f"{node}: {decoder.name} is a {kind} decoder (no Gaussians); use DecodeToPointmap")
         if decoder.decoder.kind == "mvdust3r" and vae is None and decoder.bundled_vae is None:
             b, _, t_lat, h, w = raw.shape  # MVDUSt3R reads RGB only for colours: grey splats without a VAE
             frames = torch.full((b, (t_lat - 1) * 4 + 1, 3, h * 8, w * 8), 0.5)
