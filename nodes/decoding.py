@@ -26,6 +26,9 @@ PUBLISHED = "HJGO/VIST3A/anysplat_stitched.pth"
 PUBLISHED_21 = "HJGO/VIST3A/anysplat_stitched_21_frame_extended.pth"
 TINY = "tiny-anysplat (untrained, tests only)"
 TINY_VGGT = "tiny-vggt (untrained, tests only)"
+TINY_MVDUST3R = "tiny-mvdust3r (untrained, tests only)"
+#: tiny entry -> model kind
+TINY_KINDS = {TINY: "anysplat", TINY_VGGT: "vggt", TINY_MVDUST3R: "mvdust3r"}
 MICRO = "micro-anysplat (trained on the micro world, 64x64 x 9 frames)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -85,7 +88,7 @@ def check_decoder_available(decoder: str) -> None:
     from vist3a.checks import check_model_sources, check_weights_file
     from vist3a.errors import MissingModelsError
 
-    if decoder in (TINY, TINY_VGGT):
+    if decoder in TINY_KINDS:
         return
     if decoder == MICRO:
         from vist3a.pipeline.presets import micro_path
@@ -132,12 +135,12 @@ def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "a
     if dtype != "auto" and torch_dtype is None:
         raise ValueError(f"{node}: unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
     bundled_vae, untrained = None, False
-    if decoder in (TINY, TINY_VGGT):
+    if decoder in TINY_KINDS:
         from vist3a.pipeline.presets import TINY_WARNING, tiny_decoder
         from vist3a.stitching.vae import tiny_video_vae
 
         logger.warning("%s: %s", node, TINY_WARNING)
-        model = tiny_decoder(0, "anysplat" if decoder == TINY else "vggt")
+        model = tiny_decoder(0, TINY_KINDS[decoder])
         bundled_vae = tiny_video_vae("wan", seed=0).vae.eval()
         untrained = True
     elif decoder == MICRO:
@@ -178,8 +181,8 @@ def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "a
 
 
 class LoadStitchedDecoder:
-    DESCRIPTION = ("Loads a VIST3A stitched 3D decoder (AnySplat or VGGT stitched into the Wan 2.1 VAE latent "
-                   "space) from models/vist3a/, or downloads the published HJGO/VIST3A decoder and its base "
+    DESCRIPTION = ("Loads a VIST3A stitched 3D decoder (AnySplat, VGGT or MVDUSt3R stitched into the Wan 2.1 VAE "
+                   "latent space) from models/vist3a/ (any decoder folder written by the training scripts), or downloads the published HJGO/VIST3A decoder and its base "
                    "lhjiang/anysplat into that folder on first use. micro-anysplat is a small decoder shipped with the pack, "
                    "trained on the micro world (coloured primitives on a textured ground, 64x64 video); the tiny "
                    "entries are untrained test models.")
@@ -191,7 +194,7 @@ class LoadStitchedDecoder:
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = [PUBLISHED, PUBLISHED_21, *_comfy.local_decoders(), MICRO, TINY, TINY_VGGT]
+        names = [PUBLISHED, PUBLISHED_21, *_comfy.local_decoders(), MICRO, TINY, TINY_VGGT, TINY_MVDUST3R]
         return {"required": {
             "decoder": (names, _tip("Published HJGO/VIST3A decoder (downloaded into models/vist3a/ on first use), a "
                                     "file/folder from models/vist3a/, the shipped micro-world decoder (micro-anysplat, "
@@ -297,7 +300,8 @@ def decode(node: str, handle: DecoderHandle, raw: torch.Tensor, frames: torch.Te
            vggt_points: str = "head"):
     """Raw latent (B, 16, T_lat, h, w) (+ frames (B, T, 3, H, W) at the video size) -> per item
     (gaussians | None, cameras, pointmap, depth)."""
-    from vist3a.pipeline import model_size, run_decoder
+    from vist3a.pipeline import run_decoder
+    from vist3a.pipeline.output import frames_size
     from vist3a.pipeline.wan import resize_frames
 
     if not isinstance(handle, DecoderHandle):
@@ -306,14 +310,16 @@ def decode(node: str, handle: DecoderHandle, raw: torch.Tensor, frames: torch.Te
         logger.warning("%s: tiny untrained decoder: the output is noise (plumbing test only)", node)
     b, _, t_lat, h, w = raw.shape
     t = (t_lat - 1) * 4 + 1
-    size3d = model_size(h * 8, w * 8)
+    size3d = frames_size(handle.decoder, h * 8, w * 8)
+    # without frames: black for VGGT (unused), mid-grey for MVDUSt3R (its skip branch and colours)
+    blank = 0.5 if handle.decoder.kind == "mvdust3r" else 0.0
     _comfy.check_interrupt()
     device = handle.load()
     results = []
     with _block_hooks(handle.decoder, b):
         for i in range(b):
             f3d = (resize_frames(frames[i:i + 1], size3d) if frames is not None
-                   else torch.zeros(1, t, 3, *size3d))
+                   else torch.full((1, t, 3, *size3d), blank))
             try:
                 results.append(run_decoder(handle.decoder, raw[i:i + 1], f3d, device, vggt_points))
             except ValueError as err:
@@ -339,7 +345,8 @@ _VAE_IN = ("VAE", _tip("The Wan 2.1 VAE (VAELoader wan_2.1_vae): decodes the fra
 
 class DecodeToSplats:
     DESCRIPTION = ("Decodes a Wan 2.1 video LATENT (from WanVIST3ASampler or core KSampler) with a stitched AnySplat "
-                   "decoder into 3D Gaussian splats, the predicted cameras and the decoded frames.")
+                   "or MVDUSt3R decoder into 3D Gaussian splats, the predicted cameras (MVDUSt3R: estimated from its "
+                   "pointmap) and the decoded frames.")
     CATEGORY = CATEGORY
     FUNCTION = "decode"
     RETURN_TYPES = (SPLATS, CAMERAS, "IMAGE")
@@ -358,9 +365,14 @@ class DecodeToSplats:
         node = "DecodeToSplats"
         _handle(node, decoder)
         raw = _latent(node, samples)
-        if decoder.decoder.kind != "anysplat":
-            raise ValueError(f"{node}: {decoder.name} is a VGGT decoder (no Gaussians); use DecodeToPointmap")
-        frames = _decode_frames(node, decoder, vae, raw)
+        if "splats" not in decoder.decoder.outputs:
+            kind = {"vggt": "VGGT"}.get(decoder.decoder.kind, decoder.decoder.kind)
+            raise ValueError(f"{node}: {decoder.name} is a {kind} decoder (no Gaussians); use DecodeToPointmap")
+        if decoder.decoder.kind == "mvdust3r" and vae is None and decoder.bundled_vae is None:
+            b, _, t_lat, h, w = raw.shape  # MVDUSt3R reads RGB only for colours: grey splats without a VAE
+            frames = torch.full((b, (t_lat - 1) * 4 + 1, 3, h * 8, w * 8), 0.5)
+        else:
+            frames = _decode_frames(node, decoder, vae, raw)
         results = decode(node, decoder, raw, frames)
         cameras = [r[1] for r in results]
         splats = make_splats([r[0] for r in results], cameras, decoder.untrained, CORE_SPLAT)
@@ -377,7 +389,8 @@ def _check_pointmap(confidence_threshold, drop_percentile) -> None:
 
 
 class DecodeToPointmap:
-    DESCRIPTION = ("Decodes a Wan 2.1 video LATENT with a stitched decoder (AnySplat or VGGT) into a coloured point "
+    DESCRIPTION = ("Decodes a Wan 2.1 video LATENT with a stitched decoder (AnySplat, VGGT or MVDUSt3R) into a "
+                   "coloured point "
                    "cloud (pixels below the confidence threshold dropped), the cameras and depth maps.")
     CATEGORY = CATEGORY
     FUNCTION = "decode"
@@ -407,7 +420,9 @@ class DecodeToPointmap:
         _handle(node, decoder)
         raw = _latent(node, samples)
         frames = None
-        if not (isinstance(decoder, DecoderHandle) and decoder.decoder.kind == "vggt" and vae is None):
+        kind = decoder.decoder.kind if isinstance(decoder, DecoderHandle) else None
+        optional = kind == "vggt" or (kind == "mvdust3r" and decoder.bundled_vae is None)
+        if not (optional and vae is None):  # MVDUSt3R: frames only colour the points (grey without a VAE)
             frames = _decode_frames(node, decoder, vae, raw)
         results = decode(node, decoder, raw, frames)
         clouds = [r[2].to_point_cloud(float(confidence_threshold), float(drop_percentile)) for r in results]
@@ -456,8 +471,8 @@ class VIST3AImagesTo3D:
         idx = resample_indices(images.shape[0], frames)
         clip = crop_resize(images[idx][..., :3].permute(0, 3, 1, 2).float().clamp(0, 1), height, width)
         pixels = clip.permute(0, 2, 3, 1).contiguous()
-        if not isinstance(decoder, DecoderHandle) or decoder.decoder.kind != "anysplat":
-            raise ValueError(f"{node}: connect a stitched AnySplat decoder from LoadStitchedDecoder")
+        if not isinstance(decoder, DecoderHandle) or "splats" not in decoder.decoder.outputs:
+            raise ValueError(f"{node}: connect a stitched AnySplat or MVDUSt3R decoder from LoadStitchedDecoder")
         _comfy.check_interrupt()
         if vae is not None:
             raw = vae.encode(pixels).float()

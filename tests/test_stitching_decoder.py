@@ -101,7 +101,7 @@ def test_construction_errors():
         StitchedDecoder(model(), "enc_blocks_7", StitchingLayer(TINY_STITCHING))
     with pytest.raises(ValueError, match="_o64"):
         StitchedDecoder(model(), "enc_blocks_2", StitchingLayer("conv3d_k3_o32_s1x2x2_p1"))
-    with pytest.raises(TypeError, match="AnySplat or VGGT"):
+    with pytest.raises(TypeError, match="AnySplat, VGGT or MVDUSt3R"):
         StitchedDecoder(torch.nn.Linear(2, 2), "enc_blocks_2", StitchingLayer(TINY_STITCHING))
     m = model()
     StitchedDecoder(m, "enc_blocks_2", StitchingLayer(TINY_STITCHING))

@@ -169,10 +169,45 @@ def sample_frame_indices(num_frames: int, views: int, window: int, rng: random.R
     return [start] + [start + i for i in picked]
 
 
+#: per 3D model: (video size, 3D-model size) of the paper's pairing and of the tiny test models
+MODEL_SIZES = {"anysplat": (512, 448), "vggt": (512, 448), "mvdust3r": (384, 224)}
+TINY_MODEL_SIZES = {"anysplat": (64, 56), "vggt": (64, 56), "mvdust3r": (128, 64)}
+#: MVDUSt3R's stitching layer (paper appendix B.1): 384 px video (latent 48) -> 14 x 14 tokens of 1024 channels
+MVDUST3R_CONFIG = "conv3d_k5x7x7_o1024_s1x3x3_p2x0x0"
+
+
+def default_sizes(kind: str, tiny: bool = False) -> tuple[int, int]:
+    """(video size, 3D-model size) defaults for ``kind`` (``anysplat``, ``vggt``, ``mvdust3r``)."""
+    return (TINY_MODEL_SIZES if tiny else MODEL_SIZES)[kind]
+
+
+def default_stitching_config(kind: str, width: int, tiny: bool = False) -> str:
+    """The stitching conv for ``kind``: the released VIST3A layer (AnySplat, VGGT) or the paper's MVDUSt3R layer;
+    ``tiny``: the same geometry at the tiny models' ``width``."""
+    if kind == "mvdust3r":
+        return MVDUST3R_CONFIG.replace("_o1024_", f"_o{width}_") if tiny else MVDUST3R_CONFIG
+    return f"conv3d_k5x3x3_o{width}_s1x2x2_p2x1x1" if tiny else "conv3d_k5x3x3_o1024_s1x2x2_p2x1x1"
+
+
 def check_resolutions(vae_size: int, model_size: int, *, spatial_compression: int = 8, conv_stride: int = 2,
-                      patch_size: int = 14) -> int:
+                      patch_size: int = 14, natural_conv=None) -> int:
     """Check ``vae_size / (spatial_compression * conv_stride) == model_size / patch_size`` (512/16 == 448/14 == 32)
-    and return that token-grid side."""
+    and return that token-grid side. ``natural_conv`` (a StitchingConfig, MVDUSt3R): the grid is the conv's output
+    on the latent as it is (384 px -> latent 48 -> (48 - 7) // 3 + 1 = 14) and must equal ``model_size /
+    patch_size`` (224 / 16)."""
+    if natural_conv is not None:
+        if vae_size % spatial_compression or model_size % patch_size:
+            raise ValueError(f"resolutions: the video size {vae_size} must be a multiple of {spatial_compression} "
+                             f"and the 3D size {model_size} of {patch_size}; use e.g. 384 and 224")
+        lat = vae_size // spatial_compression
+        conv = natural_conv
+        grid = (lat + 2 * conv.padding[-1] - conv.receptive[-1]) // conv.stride[-1] + 1
+        if grid != model_size // patch_size:
+            raise ValueError(f"resolutions do not line up: the stitching conv {conv.to_string()} gives {grid} token "
+                             f"rows on a {lat}-pixel latent ({vae_size} px video), the 3D model "
+                             f"{model_size}/{patch_size} = {model_size // patch_size}; use e.g. 384 and 224 (or 128 "
+                             f"and 64)")
+        return grid
     step = spatial_compression * conv_stride
     if vae_size % step or model_size % patch_size or vae_size // step != model_size // patch_size:
         raise ValueError(f"resolutions do not line up: the stitching conv gives {vae_size}/{step} = "

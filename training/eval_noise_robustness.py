@@ -144,7 +144,8 @@ def build_original_model(args: argparse.Namespace, decoder, device: torch.device
 
         source = args.base_model or args.base or ("lhjiang/anysplat" if decoder.kind == "anysplat" else None)
         if source is None:
-            raise ValueError("--base-model is required for a VGGT decoder (e.g. facebook/VGGT-1B)")
+            raise ValueError(f"--base-model is required for a {decoder.kind} decoder (e.g. facebook/VGGT-1B, "
+                             "Zhenggang/MV-DUSt3R/checkpoints/MVDp_s2.pth)")
         model = from_pretrained(source, model=decoder.kind)
     param = next(decoder.parameters())
     return model.to(device=device, dtype=param.dtype).eval()
@@ -237,8 +238,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     vae_size = args.vae_size or (64 if args.preset == "tiny" else 512)
     model_size = decoder.model_size_for((vae_size, vae_size))[0]
     views = args.views or (9 if args.preset == "tiny" else 13)
-    if (views - 1) % 4:
-        raise ValueError(f"--views must be 4k+1 for the Wan VAE, got {views}")
+    tc = vae.temporal_compression
+    if (views - 1) % tc:
+        raise ValueError(f"--views must be {tc}k+1 for the {getattr(vae, 'name', 'video')} VAE, got {views}")
     render_idx = None
     if args.render_views:
         render_idx = sorted({round(i * (views - 1) / max(args.render_views - 1, 1))

@@ -140,7 +140,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                                                 "default lhjiang/anysplat)")
     g.add_argument("--vae-path", default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                    help="Wan VAE: a diffusers pipeline folder / hub id (its vae/) or a VAE folder")
-    g.add_argument("--vae-kind", choices=("wan", "cogvideox"), default="wan")
+    g.add_argument("--vae-kind", choices=("wan", "cogvideox", "hunyuan", "svd"), default="wan",
+                   help="video VAE of the decoder's latent space (default wan; the tiny preset builds its decoder for "
+                        "the chosen VAE's channels and frame compression)")
     g.add_argument("--latent", choices=("sample", "mean"), default="sample",
                    help="encoder latent: a seeded sample (the official encoder setting) or the mean "
                         "(default: %(default)s)")
@@ -162,7 +164,8 @@ def build_models(args: argparse.Namespace):
 
         logger.warning(TINY_WARNING)
         vae = tiny_video_vae(args.vae_kind, seed=args.seed, sample=sample)
-        decoder = tiny_decoder(args.seed)
+        decoder = tiny_decoder(args.seed, latent_channels=vae.latent_channels,
+                               temporal_factor=vae.temporal_compression)
     else:
         from vist3a.pipeline.decoders import load_stitched_decoder
 
@@ -183,6 +186,8 @@ def decode_to(vae, raw: Tensor, size: tuple[int, int]) -> Tensor:
     """Raw latent (1, C, T_lat, h, w) -> VAE-decoded frames (1, T, 3, *size) in [0, 1] (bilinear resize)."""
     from vist3a.pipeline.wan import decode_frames, resize_frames
 
+    if getattr(vae, "name", "wan") != "wan":  # HunyuanVideo, SVD, CogVideoX: the adapter's own decode
+        return resize_frames(vae.decode(raw), size)
     return resize_frames(decode_frames(vae.vae, raw), size)
 
 

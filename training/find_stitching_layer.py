@@ -59,12 +59,14 @@ import torch
 from vist3a.io.atomic import atomic_path, atomic_write
 from vist3a.stitching.config import RELEASED_CONFIG, StitchingConfig
 from vist3a.stitching.search import DEFAULT_RIDGE, NUMERICS, LayerSearch, SearchResult, reduce_
-from vist3a.stitching.vae import load_video_vae, tiny_video_vae
+from vist3a.stitching.vae import VAE_KINDS, load_video_vae, tiny_video_vae
 
 from .data import (
     FolderClips,
     SyntheticClips,
     check_resolutions,
+    default_sizes,
+    default_stitching_config,
     find_scenes,
     is_micro_world,
     micro_world_clips,
@@ -122,9 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     src.add_argument("--seed", type=int, default=0)
     mdl = p.add_argument_group("models")
-    mdl.add_argument("--model", choices=("anysplat", "vggt"), default="anysplat")
+    mdl.add_argument("--model", choices=("anysplat", "vggt", "mvdust3r"), default="anysplat",
+                     help="3D model (mvdust3r: candidate layers are its 24 CroCo encoder blocks; the stitching conv "
+                          "defaults to the paper's conv3d_k5x7x7_o1024_s1x3x3_p2x0x0, 384 px video -> 224 px)")
     mdl.add_argument("--model-path", default=None, help="hub id, folder or weights file of the 3D model")
-    mdl.add_argument("--vae", choices=("wan", "cogvideox"), default="wan")
+    mdl.add_argument("--vae", choices=VAE_KINDS, default="wan",
+                     help="video VAE (diffusers): wan (default), cogvideox, hunyuan (AutoencoderKLHunyuanVideo, 16 ch, "
+                          "4x8x8) or svd (AutoencoderKLTemporalDecoder, 4 ch, per frame 8x8)")
     mdl.add_argument("--vae-path", default=None, help="diffusers VAE folder / hub id (a pipeline's vae/ is found)")
     mdl.add_argument("--tiny", action="store_true", help="tiny randomly initialised models (smoke tests)")
     mdl.add_argument("--latent-mean", action="store_true", help="use the encoder mean instead of a sample")
@@ -152,10 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
 # ============================================================================================ building
 def _build_model(args, device, dtype):
     if args.tiny:
-        from vist3a.models import VGGT, AnySplat, AnySplatConfig, VGGTConfig
+        from vist3a.models import (
+            VGGT,
+            AnySplat,
+            AnySplatConfig,
+            MVDUSt3R,
+            MVDUSt3RConfig,
+            VGGTConfig,
+        )
 
         torch.manual_seed(args.seed)
-        model = AnySplat(AnySplatConfig.tiny()) if args.model == "anysplat" else VGGT(VGGTConfig.tiny())
+        if args.model == "mvdust3r":
+            model = MVDUSt3R(MVDUSt3RConfig.tiny(n_ref=4))
+        else:
+            model = AnySplat(AnySplatConfig.tiny()) if args.model == "anysplat" else VGGT(VGGTConfig.tiny())
     else:
         if not args.model_path:
             raise ValueError("--model-path is required (or use --tiny)")
@@ -265,8 +281,8 @@ def run(args: argparse.Namespace) -> SearchResult | None:
     if args.samples < 1 or args.heldout < 0:
         raise ValueError("--samples must be >= 1 and --heldout >= 0")
     views = args.views or (9 if args.tiny else 13)
-    vae_size = args.vae_size or (64 if args.tiny else 512)
-    model_size = args.model_size or (56 if args.tiny else 448)
+    vae_size = args.vae_size or default_sizes(args.model, args.tiny)[0]
+    model_size = args.model_size or default_sizes(args.model, args.tiny)[1]
     rank, world = _rank()
     if args.device:
         device = torch.device(args.device)
@@ -278,16 +294,19 @@ def run(args: argparse.Namespace) -> SearchResult | None:
     dtype = getattr(torch, args.dtype)
     model = _build_model(args, device, dtype)
     vae = _build_vae(args, device, dtype)
-    feat_dim = model.aggregator.patch_embed.embed_dim
-    config = StitchingConfig.parse(args.config or (f"conv3d_k5x3x3_o{feat_dim}_s1x2x2_p2x1x1" if args.tiny
-                                                   else RELEASED_CONFIG), in_channels=vae.latent_channels)
+    mvd = args.model == "mvdust3r"
+    feat_dim = model.embed_dim if mvd else model.aggregator.patch_embed.embed_dim
+    config = StitchingConfig.parse(args.config or default_stitching_config(args.model, feat_dim, args.tiny),
+                                   in_channels=vae.latent_channels)
     if config.out_channels != feat_dim:
         raise ValueError(f"stitching config {config.to_string()} outputs {config.out_channels} channels but the "
                          f"{args.model} tokens have {feat_dim}")
     if (views - 1) % vae.temporal_compression:
         raise ValueError(f"--views {views}: the {args.vae} VAE needs {vae.temporal_compression}k + 1 frames")
     grid = check_resolutions(vae_size, model_size, spatial_compression=vae.spatial_compression,
-                             conv_stride=config.stride[-1], patch_size=model.aggregator.patch_size)
+                             conv_stride=config.stride[-1],
+                             patch_size=model.patch_size if mvd else model.aggregator.patch_size,
+                             natural_conv=config if mvd else None)
     layers = parse_layers(args.layers, model.cut_points())
     if args.synthetic:
         train = SyntheticClips(args.samples, views=views, vae_size=vae_size, model_size=model_size, seed=args.seed)

@@ -142,6 +142,29 @@ class VGGTLossWeights:
         return list(asdict(self).items())
 
 
+@dataclass(frozen=True)
+class MVDUSt3RLossWeights:
+    """Stitched MVDUSt3R (ours: the paper states no MVDUSt3R weights and its code is not public): pointmaps 1 (+ their
+    multi-scale gradients 5e-3), confidences 5e-3 (as VGGT), the per-pixel Gaussian fields 1 with the scales 10 (as
+    AnySplat). Sources are the forward dict's (B, R, V, H, W[, C]) maps, every reference path."""
+
+    pts3d: float = 1.0
+    pts3d_grad: float = 5e-3
+    conf: float = 5e-3
+    opacity: float = 1.0
+    scale: float = 10.0
+    rotation: float = 1.0
+    rgb: float = 1.0
+
+    SOURCES: ClassVar[dict[str, tuple[str, str]]] = {
+        "pts3d": ("pts3d", "l1"), "pts3d_grad": ("pts3d", "grad"), "conf": ("conf", "l1"),
+        "opacity": ("opacity", "l1"), "scale": ("scale", "l1"), "rotation": ("rotation", "l1"), "rgb": ("rgb", "l1"),
+    }
+
+    def items(self) -> list[tuple[str, float]]:
+        return list(asdict(self).items())
+
+
 RECIPES = ("official", "paper")
 
 
@@ -154,7 +177,9 @@ def loss_weights(kind: str, recipe: str = "paper") -> AnySplatLossWeights | VGGT
         return OfficialAnySplatLossWeights() if recipe == "official" else AnySplatLossWeights()
     if kind == "vggt":
         return VGGTLossWeights()
-    raise ValueError(f"loss_weights: unknown model kind {kind!r}; use 'anysplat' or 'vggt'")
+    if kind == "mvdust3r":
+        return MVDUSt3RLossWeights()
+    raise ValueError(f"loss_weights: unknown model kind {kind!r}; use 'anysplat', 'vggt' or 'mvdust3r'")
 
 
 # ============================================================================================ terms
@@ -172,7 +197,9 @@ def l1(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def _as_images(x: Tensor) -> Tensor:
-    """(B, V, H, W) or (B, V, H, W, C) -> (B*V, C, H, W)."""
+    """(B, V, H, W) or (B, V, H, W, C) -> (B*V, C, H, W) (MVDUSt3R's (B, R, V, H, W, C): paths fold into B)."""
+    if x.dim() == 6:
+        x = x.reshape(-1, *x.shape[2:])
     if x.dim() == 4:
         return x.reshape(-1, 1, *x.shape[-2:])
     if x.dim() == 5:

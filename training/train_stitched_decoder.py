@@ -90,9 +90,12 @@ from vist3a.stitching.decoder import StitchedDecoder
 from vist3a.stitching.layer import StitchingLayer
 
 from .data import (
+    MVDUST3R_CONFIG,
     FolderClips,
     SyntheticClips,
     check_resolutions,
+    default_sizes,
+    default_stitching_config,
     find_scenes,
     is_micro_world,
     micro_world_clips,
@@ -181,9 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--recipe", choices=RECIPES, default="official",
                    help="official (default): the released training code that produced the published decoder; "
                         "paper: the paper's description (module docstring lists the differences)")
-    m.add_argument("--model", choices=("anysplat", "vggt"), default="anysplat")
+    m.add_argument("--model", choices=("anysplat", "vggt", "mvdust3r"), default="anysplat",
+                   help="3D model (mvdust3r: Zhenggang/MV-DUSt3R, splats and pointmaps; its stitching conv "
+                        f"defaults to the paper's {MVDUST3R_CONFIG} at 384 px video / 224 px frames)")
     m.add_argument("--model-path", default=None, help="hub id / folder / weights of the ORIGINAL 3D model")
-    m.add_argument("--vae-path", default=None, help="Wan 2.1 VAE: diffusers folder / hub id (a pipeline's vae/)")
+    m.add_argument("--vae", choices=("wan", "cogvideox", "hunyuan", "svd"), default="wan",
+                   help="video VAE whose latents the decoder reads (default wan = Wan 2.1, the published pairing; "
+                        "hunyuan / svd / cogvideox: the paper's other pairings; decoded frames need wan, the others "
+                        "train on real frames)")
+    m.add_argument("--vae-path", default=None, help="VAE: diffusers folder / hub id (a pipeline's vae/)")
     m.add_argument("--preset", choices=("tiny",), default=None,
                    help="tiny: tiny random AnySplat/VGGT + tiny Wan VAE (tests, smoke runs)")
     m.add_argument("--cut", default=None, help="cut point enc_blocks_k (default: from --init-stitching, else "
@@ -247,18 +256,38 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--output {out} is a file; give a folder")
     # cheap checks before any model is loaded (repeated against the real VAE / stitching layer later)
     parse_views(args.views)
-    stride = StitchingConfig.parse(args.config).stride[-1] if args.config else 2
     tiny = args.preset == "tiny"
-    check_resolutions(args.vae_size or (64 if tiny else 512), args.model_size or (56 if tiny else 448),
-                      conv_stride=stride)
+    vae_size, model_size = default_sizes(args.model, tiny)
+    if args.model == "mvdust3r":
+        conv = StitchingConfig.parse(args.config or default_stitching_config("mvdust3r", 1024))
+        check_resolutions(args.vae_size or vae_size, args.model_size or model_size, patch_size=16,
+                          natural_conv=conv)
+    else:
+        stride = StitchingConfig.parse(args.config).stride[-1] if args.config else 2
+        check_resolutions(args.vae_size or vae_size, args.model_size or model_size, conv_stride=stride)
 
 
 # ============================================================================================ models
 def _tiny_base(kind: str, seed: int) -> nn.Module:
-    from vist3a.models import VGGT, AnySplat, AnySplatConfig, VGGTConfig
+    from vist3a.models import (
+        VGGT,
+        AnySplat,
+        AnySplatConfig,
+        MVDUSt3R,
+        MVDUSt3RConfig,
+        VGGTConfig,
+    )
 
     torch.manual_seed(seed)
+    if kind == "mvdust3r":
+        return MVDUSt3R(MVDUSt3RConfig.tiny(n_ref=4))
     return AnySplat(AnySplatConfig.tiny()) if kind == "anysplat" else VGGT(VGGTConfig.tiny())
+
+
+def model_width(model: nn.Module) -> int:
+    """Token width the stitching layer outputs (1024 for every released model)."""
+    agg = getattr(model, "aggregator", None)
+    return agg.embed_dim if agg is not None else model.embed_dim
 
 
 def _load_base(args) -> nn.Module:
@@ -282,7 +311,7 @@ def _best_layer_file(folder: Path) -> Path:
     return path
 
 
-def load_stitching_init(path: str | Path, in_channels: int) -> tuple[StitchingLayer, str]:
+def load_stitching_init(path: str | Path, in_channels: int, temporal_factor: int = 4) -> tuple[StitchingLayer, str]:
     """A find_stitching_layer output (folder -> its best layer, or a ``stitching_layer_<layer>.safetensors``) ->
     (initialised :class:`StitchingLayer`, its layer name ``enc_blocks_k``)."""
     from safetensors import safe_open
@@ -297,17 +326,18 @@ def load_stitching_init(path: str | Path, in_channels: int) -> tuple[StitchingLa
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     if meta.get("format") != "vist3a.stitching_layer" or not {"weight", "bias"} <= set(tensors):
         raise ValueError(f"--init-stitching {path}: not a stitching-layer file written by find_stitching_layer")
-    layer = StitchingLayer(meta["config"], in_channels=int(meta.get("in_channels", in_channels)))
+    layer = StitchingLayer(meta["config"], in_channels=int(meta.get("in_channels", in_channels)),
+                           temporal_factor=temporal_factor)
     layer.load_state_dict({"weight": tensors["weight"].float(), "bias": tensors["bias"].float()})
     return layer, meta["layer"]
 
 
 def _stitching_config(args, width: int) -> StitchingConfig:
-    text = args.config or (f"conv3d_k5x3x3_o{width}_s1x2x2_p2x1x1" if args.preset == "tiny" else RELEASED_CONFIG)
+    text = args.config or default_stitching_config(args.model, width, tiny=args.preset == "tiny")
     return StitchingConfig.parse(text)
 
 
-def build_student(args, base: nn.Module, latent_channels: int = 16) -> StitchedDecoder:
+def build_student(args, base: nn.Module, latent_channels: int = 16, temporal_factor: int = 4) -> StitchedDecoder:
     """The stitched decoder to finetune, before LoRA: from ``--init-decoder``, or a copy of ``base`` cut at
     ``--cut`` with the stitching layer from ``--init-stitching`` (or randomly initialised)."""
     if args.init_decoder:
@@ -323,16 +353,17 @@ def build_student(args, base: nn.Module, latent_channels: int = 16) -> StitchedD
         if args.cut and args.cut != student.cut:
             raise ValueError(f"--init-decoder {src} is cut at {student.cut}, not --cut {args.cut}; drop --cut")
         return student.train()
-    width = base.aggregator.embed_dim
+    width = model_width(base)
     if args.init_stitching:
-        layer, cut = load_stitching_init(args.init_stitching, latent_channels)
+        layer, cut = load_stitching_init(args.init_stitching, latent_channels, temporal_factor)
         if args.cut and args.cut != cut:
             raise ValueError(f"--init-stitching was fitted at {cut}, not --cut {args.cut}; drop --cut or pick the "
                              f"stitching_layer_{args.cut}.safetensors file")
         if args.config and StitchingConfig.parse(args.config).to_string() != layer.config.to_string():
             raise ValueError(f"--init-stitching has config {layer.config.to_string()}, not --config {args.config}")
     else:
-        layer = StitchingLayer(_stitching_config(args, width), in_channels=latent_channels)
+        layer = StitchingLayer(_stitching_config(args, width), in_channels=latent_channels,
+                               temporal_factor=temporal_factor)
         cut = args.cut or "enc_blocks_2"
     student = StitchedDecoder(copy.deepcopy(base), cut, layer)
     student.base_id = "tiny-random" if args.preset == "tiny" else args.model_path
@@ -409,7 +440,9 @@ def keep_heads_fp32(model: nn.Module, device_type: str) -> nn.Module:
     """Run everything after the aggregator (camera / depth / Gaussian / point heads, unprojection, Gaussian adapter:
     the model's ``_heads``) outside autocast in float32, as the official bf16 training keeps its heads in fp32; the
     aggregator outputs are cast to float32 first. Patches ``model`` in place and returns it."""
-    inner = model._heads
+    inner = getattr(model, "_heads", None)
+    if inner is None:  # MVDUSt3R: its heads run under the same autocast as the rest
+        return model
 
     def heads_fp32(layers, images, **kwargs):
         with torch.autocast(device_type, enabled=False):
@@ -425,10 +458,10 @@ def _build_vae(args, device: torch.device):
     gen = torch.Generator(device=device)
     kw = {"sample": not args.latent_mean, "generator": gen}
     if args.preset == "tiny":
-        vae = tiny_video_vae("wan", seed=args.seed, **kw)
+        vae = tiny_video_vae(args.vae, seed=args.seed, **kw)
         vae.vae.to(device)
     else:
-        vae = load_video_vae("wan", args.vae_path, device=device, **kw)
+        vae = load_video_vae(args.vae, args.vae_path, device=device, **kw)
     vae.vae.eval().requires_grad_(False)
     return vae
 
@@ -574,14 +607,20 @@ class Trainer:
             base.config.voxelize = False
         views = parse_views(args.views, self.vae.temporal_compression)
         self.views = views
-        self.vae_size = args.vae_size or (64 if args.preset == "tiny" else 512)
-        self.model_size = args.model_size or (56 if args.preset == "tiny" else 448)
-        student = build_student(args, base, self.vae.latent_channels)
+        sizes = default_sizes(args.model, args.preset == "tiny")
+        self.vae_size = args.vae_size or sizes[0]
+        self.model_size = args.model_size or sizes[1]
+        if args.vae != "wan" and args.frames == "decoded":
+            logger.warning("--vae %s: decoded frames need the Wan VAE's decoder here; training on real frames",
+                           args.vae)
+            args.frames = "real"
+        student = build_student(args, base, self.vae.latent_channels, self.vae.temporal_compression)
         if getattr(getattr(student.model, "config", None), "voxelize", False):  # an --init-decoder that voxelises
             self.voxelize = True
             student.model.config.voxelize = False
         check_resolutions(self.vae_size, self.model_size, spatial_compression=self.vae.spatial_compression,
-                          conv_stride=student.stitching.config.stride[-1], patch_size=student.patch_size)
+                          conv_stride=student.stitching.config.stride[-1], patch_size=student.patch_size,
+                          natural_conv=student.stitching.config if student.kind == "mvdust3r" else None)
         if args.data is not None and max(views) > args.window:
             raise ValueError(f"--window {args.window} is smaller than the largest --views {max(views)}")
         self.teacher = base.to(device).eval().requires_grad_(False)
@@ -589,7 +628,10 @@ class Trainer:
             prepare_trainable_official(student, args.lora_rank, args.lora_alpha)
         else:
             prepare_trainable(student, args.lora_rank, args.lora_alpha)
-        student.model.aggregator.set_gradient_checkpointing(args.gradient_checkpointing)
+        if hasattr(student.model, "aggregator"):
+            student.model.aggregator.set_gradient_checkpointing(args.gradient_checkpointing)
+        elif args.gradient_checkpointing:
+            logger.warning("--gradient-checkpointing is not implemented for %s; ignored", student.kind)
         self.student = student.to(device)
         self.use_bf16 = device.type == "cuda" and not args.no_bf16
         if self.use_bf16:

@@ -131,15 +131,23 @@ def load_safetensors(path: str | os.PathLike, what: str = "weights file") -> dic
         raise checkpoint_error(path, err, what) from None
 
 
-def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint", allow: tuple = ()) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``; anything that fails (unsafe objects, damaged or
-    truncated archives, other formats) becomes the one clear ValueError."""
+    truncated archives, other formats) becomes the one clear ValueError.
+
+    ``allow``: extra classes the restricted unpickler may rebuild for this one call (an explicit allowlist through
+    ``torch.serialization.safe_globals``, e.g. ``argparse.Namespace`` for the ``args`` object the MVDUSt3R releases
+    pickle next to their weights). Rebuilding such a class only sets attributes; no code from the file runs."""
+    import contextlib
+
     import torch
 
     path = check_input_file(path, what)
     _check_torch_archive(path, what)
+    scope = torch.serialization.safe_globals(list(allow)) if allow else contextlib.nullcontext()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with scope:
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- see checkpoint_error; torch's own hint is never passed on
         raise checkpoint_error(path, err, what) from None
 

@@ -1,6 +1,7 @@
 """Our PyTorch implementations of VGGT and AnySplat, checkpoint-compatible with the published weights.
 
-* :class:`AnySplat` (``lhjiang/anysplat``) and :class:`VGGT` (``facebook/VGGT-1B``), configs in :mod:`.config`;
+* :class:`AnySplat` (``lhjiang/anysplat``), :class:`VGGT` (``facebook/VGGT-1B``) and :class:`MVDUSt3R`
+  (``Zhenggang/MV-DUSt3R``: MV-DUSt3R and MV-DUSt3R+), configs in :mod:`.config`;
 * :func:`from_pretrained` loads a hub id, a folder (config.json + weights) or a weights file, strictly;
 * cut points for stitching: ``model.cut_points()``, ``model.capture(images, names)``,
   ``model.forward_from(name, activation, images)`` (see :mod:`.cutpoints`).
@@ -12,6 +13,7 @@ from .anysplat import AnySplat, AnySplatPrediction, to_gaussians, voxel_fuse
 from .config import (
     AggregatorConfig,
     AnySplatConfig,
+    MVDUSt3RConfig,
     VGGTConfig,
     anysplat_config_from_hub,
 )
@@ -21,6 +23,7 @@ from .loading import (
     load_checkpoint_into,
     save_pretrained,
 )
+from .mvdust3r import MVDUSt3R, MVDUSt3RPrediction, mvdust3r_gaussians
 from .vggt import VGGT, VGGTPrediction
 
 __all__ = [
@@ -30,11 +33,15 @@ __all__ = [
     "AnySplatConfig",
     "AnySplatPrediction",
     "CheckpointMismatchError",
+    "MVDUSt3R",
+    "MVDUSt3RConfig",
+    "MVDUSt3RPrediction",
     "VGGTConfig",
     "VGGTPrediction",
     "anysplat_config_from_hub",
     "from_pretrained",
     "load_checkpoint_into",
+    "mvdust3r_gaussians",
     "save_pretrained",
     "to_gaussians",
     "voxel_fuse",

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AggregatorConfig", "AnySplatConfig", "VGGTConfig", "anysplat_config_from_hub"]
+__all__ = ["AggregatorConfig", "AnySplatConfig", "MVDUSt3RConfig", "VGGTConfig", "anysplat_config_from_hub"]
 
 
 @dataclass
@@ -135,6 +135,55 @@ class AnySplatConfig(_BackboneConfig):
     def tiny(cls) -> AnySplatConfig:
         return cls(aggregator=AggregatorConfig.tiny(), **cls._TINY_SHARED, gs_hidden=16, sh_degree=1)
 
+
+@dataclass
+class MVDUSt3RConfig:
+    """MVDUSt3R (facebookresearch/mvdust3r, ``Zhenggang/MV-DUSt3R``): CroCo ViT encoder, multi-view decoder, pointmap
+    and Gaussian heads. Defaults: the released ``MVD.pth`` (MV-DUSt3R, ``n_ref=1``); :meth:`plus` gives MV-DUSt3R+
+    (``MVDp_s1.pth`` / ``MVDp_s2.pth``: ``n_ref=4`` reference paths with the same-view blocks).
+
+    ``pts_skip``: the point head's convolutional image skip branch (``pts_head_config={'skip': True}``).
+    ``sh_degree``: colour degree of the Gaussian head (0 in every release).
+    """
+
+    patch_size: int = 16
+    enc_embed_dim: int = 1024
+    enc_depth: int = 24
+    enc_num_heads: int = 16
+    dec_embed_dim: int = 768
+    dec_depth: int = 12
+    dec_num_heads: int = 12
+    mlp_ratio: float = 4.0
+    rope_freq: float = 100.0
+    n_ref: int = 1
+    pts_skip: bool = True
+    skip_channels: int = 256
+    sh_degree: int = 0
+
+    model_type = "mvdust3r"
+
+    @property
+    def multi_ref(self) -> bool:
+        """MV-DUSt3R+ (several reference paths and ``dec_same_view_blocks``)."""
+        return self.n_ref > 1
+
+    @classmethod
+    def plus(cls, **kwargs) -> MVDUSt3RConfig:
+        """MV-DUSt3R+ (``MVDp_s1.pth`` / ``MVDp_s2.pth``): 4 reference paths."""
+        return cls(n_ref=4, **kwargs)
+
+    @classmethod
+    def tiny(cls, n_ref: int = 1) -> MVDUSt3RConfig:
+        """Test size: 64-wide encoder (2 blocks), 48-wide decoder (2 blocks), 16-channel skip branch."""
+        return cls(enc_embed_dim=64, enc_depth=2, enc_num_heads=4, dec_embed_dim=48, dec_depth=2, dec_num_heads=4,
+                   n_ref=n_ref, skip_channels=16)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **_common_dict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MVDUSt3RConfig:
+        return _from_dict(cls, data)
 
 
 def anysplat_config_from_hub(data: dict[str, Any]) -> AnySplatConfig:

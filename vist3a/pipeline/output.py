@@ -13,7 +13,7 @@ from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..pointmap import Pointmap
 
-__all__ = ["SceneOutput", "run_decoder"]
+__all__ = ["SceneOutput", "frames_size", "run_decoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def run_decoder(decoder, raw_latent: Tensor, frames3d: Tensor, device: torch.dev
     ``device``: where to run (default: the decoder's device); the decoder is moved there for the call and moved
     back afterwards (manual offload when the rest of the pipeline uses model CPU offload).
     Pointmaps: AnySplat = its unprojected depth (depth + predicted cameras); VGGT = its point head
-    (``vggt_points="head"``, default) or its unprojected depth (``"depth"``).
+    (``vggt_points="head"``, default) or its unprojected depth (``"depth"``); MVDUSt3R = its pointmap of reference
+    path 0 (Gaussians too, cameras estimated from the pointmap).
     Returns (gaussians or None, cameras, pointmap, depth (T, H3, W3)) on the CPU in float32.
     """
     param = next(decoder.parameters())
@@ -59,7 +60,7 @@ def run_decoder(decoder, raw_latent: Tensor, frames3d: Tensor, device: torch.dev
     try:
         latent = raw_latent.to(device=run_on, dtype=param.dtype)
         images = frames3d.to(device=run_on, dtype=param.dtype)
-        kwargs = {} if decoder.kind == "anysplat" else {"points_from": vggt_points}
+        kwargs = {"points_from": vggt_points} if decoder.kind == "vggt" else {}
         pred = decoder.predict(latent, images, **kwargs)
     finally:
         if run_on != home:
@@ -72,4 +73,16 @@ def run_decoder(decoder, raw_latent: Tensor, frames3d: Tensor, device: torch.dev
         pointmap = Pointmap(pred.raw["world_points"][0].float().cpu(), pred.depth_conf[0].float().cpu(), colors,
                             cameras)
         return gaussians, cameras, pointmap, depth
-    return None, cameras, pred.pointmaps[0].to(device="cpu", dtype=torch.float32), depth
+    pointmap = pred.pointmaps[0].to(device="cpu", dtype=torch.float32)
+    if decoder.kind == "mvdust3r":  # both: per-pixel Gaussians and the pointmap (frame of the first frame's camera)
+        return pred.gaussians[0].to(device="cpu", dtype=torch.float32), cameras, pointmap, depth
+    return None, cameras, pointmap, depth
+
+
+def frames_size(decoder, height: int, width: int) -> tuple[int, int]:
+    """3D-model frame size for a video of height x width: the decoder's own rule (MVDUSt3R: the stitching conv's
+    grid x 16, 384 -> 224), else video / 16 * 14 (512 -> 448)."""
+    from .settings import model_size
+
+    rule = getattr(decoder, "model_size_for", None)
+    return tuple(rule((height, width))) if rule is not None else model_size(height, width)

@@ -109,14 +109,32 @@ def tiny_wan_pipeline(seed: int = 0, flow_shift: float = 5.0):
                        vae=vae.eval(), scheduler=make_scheduler(flow_shift))
 
 
-def tiny_decoder(seed: int = 0, kind: str = "anysplat"):
-    """A tiny stitched decoder: tiny AnySplat (or VGGT) cut at ``enc_blocks_2`` + the tiny stitching layer."""
-    from ..models import VGGT, AnySplat, AnySplatConfig, VGGTConfig
+#: the tiny MVDUSt3R decoder's stitching layer: the paper's geometry (k 5x7x7, stride 1x3x3) at width 64
+TINY_MVDUST3R_STITCHING = "conv3d_k5x7x7_o64_s1x3x3_p2x0x0"
+
+
+def tiny_decoder(seed: int = 0, kind: str = "anysplat", latent_channels: int = 16, temporal_factor: int = 4):
+    """A tiny stitched decoder: tiny AnySplat (or VGGT) cut at ``enc_blocks_2`` + the tiny stitching layer; tiny
+    MVDUSt3R (``kind="mvdust3r"``, MV-DUSt3R+ with 4 paths) cut at ``enc_blocks_1`` + the paper's layer geometry.
+    ``latent_channels`` / ``temporal_factor``: the video VAE's (16 / 4 for Wan; SVD: 4 / 1)."""
+    from ..models import (
+        VGGT,
+        AnySplat,
+        AnySplatConfig,
+        MVDUSt3R,
+        MVDUSt3RConfig,
+        VGGTConfig,
+    )
     from ..stitching import StitchedDecoder, StitchingLayer
 
     torch.manual_seed(seed)
+    if kind == "mvdust3r":
+        return StitchedDecoder(MVDUSt3R(MVDUSt3RConfig.tiny(n_ref=4)), "enc_blocks_1",
+                               StitchingLayer(TINY_MVDUST3R_STITCHING, in_channels=latent_channels,
+                                              temporal_factor=temporal_factor)).eval()
     model = AnySplat(AnySplatConfig.tiny()) if kind == "anysplat" else VGGT(VGGTConfig.tiny())
-    return StitchedDecoder(model, "enc_blocks_2", StitchingLayer(TINY_STITCHING)).eval()
+    return StitchedDecoder(model, "enc_blocks_2", StitchingLayer(TINY_STITCHING, in_channels=latent_channels,
+                                                                 temporal_factor=temporal_factor)).eval()
 
 
 # ============================================================================================ micro (trained)

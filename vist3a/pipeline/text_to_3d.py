@@ -20,14 +20,13 @@ import torch
 
 from ..checks import check_device, check_model_sources, check_seed
 from .decoders import load_stitched_decoder
-from .output import SceneOutput, run_decoder
+from .output import SceneOutput, frames_size, run_decoder
 from .settings import (
     DEFAULT_LORA_REPO,
     DEFAULT_WAN,
     GenerationSettings,
     apply_template,
     check_prompt,
-    model_size,
 )
 from .sources import decoder_sources, lora_source, text_to_3d_sources
 from .wan import (
@@ -238,9 +237,10 @@ class TextTo3DPipeline:
                           max_sequence_length=s.max_sequence_length).frames
         vae = self.wan.vae
         raw = to_raw_latent(vae, latent.to(dtype=vae.dtype))
-        size3d = model_size(s.height, s.width)
+        size3d = frames_size(self.decoder, s.height, s.width)
         frames = None
-        if self.decoder.needs_frames or return_frames:
+        # MVDUSt3R colours its points and splats with the frames (optional for it, required for AnySplat)
+        if self.decoder.needs_frames or return_frames or self.decoder.kind == "mvdust3r":
             logger.info("decoding %d frames with the Wan VAE", s.num_frames)
             frames = decode_frames(vae, raw, self.device)
             frames3d = resize_frames(frames, size3d)

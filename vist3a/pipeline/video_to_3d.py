@@ -19,8 +19,8 @@ from torch import Tensor
 
 from ..checks import check_device, check_model_sources, check_seed
 from .decoders import load_stitched_decoder
-from .output import SceneOutput, run_decoder
-from .settings import DEFAULT_WAN, check_frames, check_size, model_size
+from .output import SceneOutput, frames_size, run_decoder
+from .settings import DEFAULT_WAN, check_frames, check_size
 from .sources import decoder_sources, video_to_3d_sources
 from .wan import load_wan_vae, resize_frames
 
@@ -125,7 +125,7 @@ class VideoTo3DPipeline:
             raw = dist.sample(generator=gen)
         else:
             raw = dist.mean
-        frames3d = resize_frames(frames[None], model_size(h, w))
+        frames3d = resize_frames(frames[None], frames_size(self.decoder, h, w))
         logger.info("stitched %s decoder on %d frames of %dx%d", self.decoder.kind, t, *frames3d.shape[-2:])
         gaussians, cameras, pointmap, depth = run_decoder(self.decoder, raw.float(), frames3d)
         info = {"num_frames": t, "height": h, "width": w, "seed": int(seed), "untrained": self.untrained}

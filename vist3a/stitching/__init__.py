@@ -1,4 +1,4 @@
-"""Stitched decoders: a 3D model (AnySplat / VGGT) fed from a video VAE's latent space through one conv.
+"""Stitched decoders: a 3D model (AnySplat / VGGT / MVDUSt3R) fed from a video VAE's latent space through one conv.
 
 * :mod:`.config` -- the stitching-layer grammar (``conv3d_k5x3x3_o1024_s1x2x2_p2x1x1``) -> :class:`StitchingConfig`;
 * :mod:`.layer` -- :class:`StitchingLayer` (trilinear resize + replicate-padded conv, and its im2col for the search);
@@ -8,7 +8,8 @@
   :func:`load_decoder` (our folder format);
 * :mod:`.search` -- :class:`LayerSearch`: closed-form (ridge) stitching-layer fits for every candidate layer from
   streamed float64 normal equations, ranked by MSE (and CKA), summed across ranks with :func:`reduce_`;
-* :mod:`.vae` -- the small video-VAE interface the search encodes clips with (:func:`wrap_video_vae`: Wan, CogVideoX).
+* :mod:`.vae` -- the small video-VAE interface the search encodes clips with (:func:`wrap_video_vae`: Wan, CogVideoX,
+  HunyuanVideo, SVD).
 
 Latents are always un-normalised Wan latents (``z * std + mean``), layout (B, 16, T_lat, H/8, W/8).
 """

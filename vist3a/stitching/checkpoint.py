@@ -55,6 +55,8 @@ from ..models import (
     AnySplat,
     AnySplatConfig,
     CheckpointMismatchError,
+    MVDUSt3R,
+    MVDUSt3RConfig,
     VGGTConfig,
     from_pretrained,
 )
@@ -94,7 +96,9 @@ logger = logging.getLogger(__name__)
 
 PUBLISHED_REPO = "HJGO/VIST3A"
 PUBLISHED_FILES = ("anysplat_stitched.pth", "anysplat_stitched_21_frame_extended.pth")
-BASE_REPOS = {"anysplat": "lhjiang/anysplat", "vggt": "facebook/VGGT-1B"}
+BASE_REPOS = {"anysplat": "lhjiang/anysplat", "vggt": "facebook/VGGT-1B", "mvdust3r": "Zhenggang/MV-DUSt3R"}
+_MODEL_CLASSES = {"anysplat": (AnySplat, AnySplatConfig), "vggt": (VGGT, VGGTConfig),
+                  "mvdust3r": (MVDUSt3R, MVDUSt3RConfig)}
 PUBLISHED_TOP_KEYS = ("lora", "stitching_layer", "mask_token", "cls_token", "register_tokens")
 CONFIG_NAME = "decoder_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -348,8 +352,11 @@ def decoder_config(decoder: StitchedDecoder, dtype: torch.dtype, video_size: int
         "lora": _lora_summary(decoder),
         "latent_convention": LATENT_CONVENTION,
         "resolution": {"vae_scale": VAE_SCALE, "video_pixels_per_token": ppt, "model_patch": patch,
-                       "rule": f"video / {ppt} == 3D / {patch}", "video": video_size, "model": model_size},
+                       "rule": (f"3D / {patch} == stitching conv output on the latent (video / {VAE_SCALE})"
+                                if decoder.kind == "mvdust3r" else f"video / {ppt} == 3D / {patch}"),
+                       "video": video_size, "model": model_size},
         "needs_frames": decoder.needs_frames,
+        "outputs": list(decoder.outputs),
         "dtype": str(dtype).replace("torch.", ""),
         "weights": "full",
         "weights_note": f"{WEIGHTS_NAME}: full state dict of the kept 3D model (LoRA merged) + stitching layer",
@@ -508,8 +515,9 @@ def read_decoder_config(cfg_file: str | Path) -> dict[str, Any]:
     if not isinstance(cfg.get("resolution", {}), dict):
         raise _config_error(cfg_file, "'resolution' must be a JSON object")
     base = cfg["base_model"]
-    if base.get("type") not in ("anysplat", "vggt"):
-        raise ValueError(f"load_decoder: {cfg_file}: unknown base model type {base.get('type')!r} (anysplat or vggt)")
+    if base.get("type") not in _MODEL_CLASSES:
+        raise ValueError(f"load_decoder: {cfg_file}: unknown base model type {base.get('type')!r} (anysplat, vggt or "
+                         "mvdust3r)")
     weights = cfg.get("weights", "full")
     if weights not in ("full", "lora"):
         raise _config_error(cfg_file, f"'weights' must be \"full\" or \"lora\", got {weights!r}")
@@ -527,7 +535,7 @@ def read_decoder_config(cfg_file: str | Path) -> dict[str, Any]:
 def _meta_decoder(cfg: dict[str, Any], cfg_file: Path) -> StitchedDecoder:
     """The decoder a full-weights config describes, on the meta device (no memory, no weights)."""
     base = cfg["base_model"]
-    cls, cfg_cls = {"anysplat": (AnySplat, AnySplatConfig), "vggt": (VGGT, VGGTConfig)}[base["type"]]
+    cls, cfg_cls = _MODEL_CLASSES[base["type"]]
     try:
         with torch.device("meta"):
             model = cls(cfg_cls.from_dict(base["config"]))

@@ -14,6 +14,13 @@ the 3D model's input, so ``video_size / 16 == model_size / 14`` per side (512 px
 tokens). AnySplat's depth and Gaussian heads read pixels, so it needs the VAE-decoded frames resized to the 3D size,
 (B, T, 3, 448, 448) in [0, 1] (the official code passes [-1, 1] and converts); VGGT's heads need only the size.
 
+MVDUSt3R (``kind == "mvdust3r"``, paper appendix B.1): the released-style layer is
+``conv3d_k5x7x7_o1024_s1x3x3_p2x0x0``; a 384 px video (latent 48) gives ``(48 - 7) // 3 + 1 = 14`` tokens per side, the
+encoder grid of a 224 px image (patch 16). Its token grid is the conv's output on the latent as it is
+(:meth:`StitchingLayer.natural_grid`, no resize), the 3D size is grid * 16, and the stitching features replace the
+CroCo encoder state after block k (``enc_blocks_k``: patch embedding and blocks 0..k-1 deleted). Frames are
+optional: its heads read pixels only in the point head's 1e-4 skip branch (mid-grey without frames) and for colours.
+
 Non-square videos: the token grid is (H/14, W/14) and the position embedding is resized to exactly that grid. The
 official stitched code passes (W, H) to DINO's ``interpolate_pos_encoding`` and would build a transposed (W/14, H/14)
 grid for non-square inputs; all official settings are square, where the two agree. We use the correct grid.
@@ -32,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models import VGGT, AnySplat
+from ..models import VGGT, AnySplat, MVDUSt3R
 from .layer import StitchingLayer, num_video_frames
 
 __all__ = ["MODEL_PATCH", "VAE_SCALE", "VIDEO_PIXELS_PER_TOKEN", "StitchedDecoder", "cut_index"]
@@ -70,12 +77,15 @@ class StitchedDecoder(nn.Module):
     def __init__(self, model: AnySplat | VGGT, cut: str, stitching: StitchingLayer,
                  video_pixels_per_token: int = VIDEO_PIXELS_PER_TOKEN) -> None:
         super().__init__()
-        if not isinstance(model, (AnySplat, VGGT)):
-            raise TypeError(f"StitchedDecoder: model must be vist3a.models.AnySplat or VGGT, got "
+        if not isinstance(model, (AnySplat, VGGT, MVDUSt3R)):
+            raise TypeError(f"StitchedDecoder: model must be vist3a.models.AnySplat, VGGT or MVDUSt3R, got "
                             f"{type(model).__name__}")
         if not isinstance(stitching, StitchingLayer):
             raise TypeError(f"StitchedDecoder: stitching must be a StitchingLayer, got {type(stitching).__name__}")
         k = cut_index(cut)
+        if isinstance(model, MVDUSt3R):
+            self._init_mvdust3r(model, k, stitching, video_pixels_per_token)
+            return
         dino = model.aggregator.patch_embed
         total = dino.first_block + len(dino.blocks)
         if not 1 <= k <= total:
@@ -95,15 +105,52 @@ class StitchedDecoder(nn.Module):
         self.cut = f"enc_blocks_{k}"
         self.video_pixels_per_token = int(video_pixels_per_token)
 
+    def _init_mvdust3r(self, model: MVDUSt3R, k: int, stitching: StitchingLayer, ppt: int) -> None:
+        total = model.first_block + len(model.enc_blocks)
+        if not 1 <= k <= total:
+            raise ValueError(f"StitchedDecoder: cut enc_blocks_{k} is outside enc_blocks_1..enc_blocks_{total}")
+        if model.first_block not in (0, k):
+            raise ValueError(f"StitchedDecoder: the model was already cut at enc_blocks_{model.first_block}, cannot "
+                             f"use it at enc_blocks_{k}; build a fresh base model")
+        if stitching.out_channels != model.embed_dim:
+            raise ValueError(f"StitchedDecoder: stitching layer outputs {stitching.out_channels} channels but "
+                             f"MVDUSt3R's encoder tokens have {model.embed_dim}; use a config with "
+                             f"_o{model.embed_dim} (paper: conv3d_k5x7x7_o1024_s1x3x3_p2x0x0)")
+        if model.first_block == 0:
+            model.cut_front(k)
+            logger.info("StitchedDecoder: removed the MVDUSt3R patch embedding and encoder blocks 0..%d", k - 1)
+        self.model = model
+        self.stitching = stitching
+        self.cut = f"enc_blocks_{k}"
+        self.video_pixels_per_token = int(ppt)
+
     # ------------------------------------------------------------------------------------------ properties
     @property
     def kind(self) -> str:
-        """``"anysplat"`` or ``"vggt"``."""
+        """``"anysplat"``, ``"vggt"`` or ``"mvdust3r"``."""
+        if isinstance(self.model, MVDUSt3R):
+            return "mvdust3r"
         return "anysplat" if isinstance(self.model, AnySplat) else "vggt"
 
     @property
+    def outputs(self) -> tuple[str, ...]:
+        """What the decoder gives: ``("splats",)`` (AnySplat), ``("pointmap",)`` (VGGT) or both (MVDUSt3R)."""
+        return {"anysplat": ("splats",), "vggt": ("pointmap",), "mvdust3r": ("splats", "pointmap")}[self.kind]
+
+    @property
     def patch_size(self) -> int:
+        if isinstance(self.model, MVDUSt3R):
+            return self.model.patch_size
         return self.model.aggregator.patch_size
+
+    def token_grid(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        """Token grid (gh, gw) for a latent of (h, w): video / 16 (AnySplat, VGGT: the latent is resized to what
+        the conv needs) or the conv's own output on the latent (MVDUSt3R)."""
+        h, w = (int(v) for v in latent_hw)
+        if self.kind == "mvdust3r":
+            return self.stitching.natural_grid((h, w))
+        mh, mw = self.model_size_for((h * VAE_SCALE, w * VAE_SCALE))
+        return mh // self.patch_size, mw // self.patch_size
 
     @property
     def needs_frames(self) -> bool:
@@ -111,8 +158,14 @@ class StitchedDecoder(nn.Module):
         return self.kind == "anysplat"
 
     def model_size_for(self, video_hw: tuple[int, int]) -> tuple[int, int]:
-        """3D-model frame size (H, W) for a video size: video / 16 * 14 per side (512 -> 448)."""
+        """3D-model frame size (H, W) for a video size: video / 16 * 14 per side (512 -> 448); MVDUSt3R: the conv's
+        grid on the latent (video / 8) times 16 (384 -> 224)."""
         vh, vw = video_hw
+        if self.kind == "mvdust3r":
+            if vh % VAE_SCALE or vw % VAE_SCALE:
+                raise ValueError(f"stitched MVDUSt3R: video size {vh}x{vw} must be a multiple of {VAE_SCALE}")
+            gh, gw = self.stitching.natural_grid((vh // VAE_SCALE, vw // VAE_SCALE))
+            return gh * self.patch_size, gw * self.patch_size
         ppt = self.video_pixels_per_token
         if vh % ppt or vw % ppt:
             raise ValueError(f"stitched decoder: video size {vh}x{vw} must be a multiple of {ppt} per side "
@@ -126,8 +179,10 @@ class StitchedDecoder(nn.Module):
         t = num_video_frames(t_lat, self.stitching.temporal_factor)
         video_hw = (h * VAE_SCALE, w * VAE_SCALE)
         mh, mw = self.model_size_for(video_hw)
-        grid = (mh // self.patch_size, mw // self.patch_size)
+        grid = self.token_grid((h, w))
         if frames is None:
+            if self.kind == "mvdust3r":  # mid-grey for the point head's skip branch
+                return grid, latent.new_full((), 0.5).expand(b, t, 3, mh, mw)
             if self.needs_frames:
                 raise ValueError(f"stitched AnySplat: its depth and Gaussian heads read RGB; pass the VAE-decoded "
                                  f"frames as frames=(B={b}, T={t}, 3, {mh}, {mw}) in [0, 1] (decode the latent, "
@@ -170,12 +225,15 @@ class StitchedDecoder(nn.Module):
 
     @torch.no_grad()
     def predict(self, latent: Tensor, frames: Tensor | None = None, **kwargs):
-        """Forward (no grad) wrapped into containers: AnySplat -> :class:`~vist3a.models.AnySplatPrediction`
+        """Forward (no grad) wrapped into containers: MVDUSt3R -> :class:`~vist3a.models.MVDUSt3RPrediction`
+        (``pointmaps`` and ``gaussians``, no cameras); AnySplat -> :class:`~vist3a.models.AnySplatPrediction`
         (``gaussians`` list of :class:`~vist3a.Gaussians`, ``cameras`` list of :class:`~vist3a.Cameras`, ``depth``
         (B, T, H, W)); VGGT -> :class:`~vist3a.models.VGGTPrediction` (``pointmaps`` list of
         :class:`~vist3a.Pointmap`, ``cameras``; point colours are black without ``frames``)."""
         grid, images = self._grid_and_images(latent, frames)
         raw = self.model.forward_from(self.cut, self.features(latent, grid), images)
+        if self.kind == "mvdust3r":  # path 0 (frame of the first video frame); colours from frames when given
+            return self.model.wrap_prediction(raw, None if frames is None else images.float(), **kwargs)
         if self.kind == "anysplat":
             return self.model.wrap_prediction(raw, images)
         return self.model.wrap_prediction(raw, images.float(), **kwargs)

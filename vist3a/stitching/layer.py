@@ -115,37 +115,44 @@ class StitchingLayer(nn.Module):
                              f"least 1 latent frame (1 video frame) and a non-empty image")
 
     # ------------------------------------------------------------------------------------------ sizes
-    def _input_extent(self, out: int, dim: int) -> int:
+    def _input_extent(self, out: int, dim: int, current: int | None = None) -> int:
         """Input extent along conv dim ``dim`` that makes the conv output ``out``: out*stride if exact, else the
-        smallest one that works."""
+        latent's own extent ``current`` if it works (MVDUSt3R's layer: 48 latent pixels -> 14 tokens with kernel 7,
+        stride 3, no padding), else the smallest one that works."""
         cfg = self.config
         natural = out * cfg.stride[dim]
         r, p, s = cfg.receptive[dim], cfg.padding[dim], cfg.stride[dim]
         if (natural + 2 * p - r) // s + 1 == out:
             return natural
+        if current is not None and current >= 1 and (current + 2 * p - r) // s + 1 == out:
+            return int(current)
         smallest = (out - 1) * s + r - 2 * p
         if smallest < 1:
             raise ValueError(f"stitching conv {cfg.to_string()}: cannot output {out} along dim {dim}")
         return smallest
 
-    def input_size(self, latent_frames: int, target_hw: tuple[int, int]) -> tuple[int, int, int]:
+    def input_size(self, latent_frames: int, target_hw: tuple[int, int],
+                   current_hw: tuple[int, int] | None = None) -> tuple[int, int, int]:
         """(T_in, H_in, W_in) the latent is resized to so the conv outputs (T, *target_hw),
-        T = (latent_frames - 1) * temporal_factor + 1."""
+        T = (latent_frames - 1) * temporal_factor + 1; ``current_hw`` (the latent's own h, w) is kept when the conv
+        already gives the grid from it and ``out * stride`` does not."""
         t = num_video_frames(latent_frames, self.temporal_factor)
         gh, gw = (int(v) for v in target_hw)
         if t < 1 or gh < 1 or gw < 1:
             raise ValueError(f"stitching layer: need >= 1 latent frame and a positive token grid, got "
                              f"latent_frames={latent_frames}, target_hw={tuple(target_hw)}")
         d = self.config.dims
+        ch, cw = current_hw if current_hw is not None else (None, None)
         if d == 3:
-            return self._input_extent(t, 0), self._input_extent(gh, 1), self._input_extent(gw, 2)
+            return self._input_extent(t, 0), self._input_extent(gh, 1, ch), self._input_extent(gw, 2, cw)
         if d == 2:
-            return t, self._input_extent(gh, 0), self._input_extent(gw, 1)
+            return t, self._input_extent(gh, 0, ch), self._input_extent(gw, 1, cw)
         return self._input_extent(t, 0), gh, gw
 
-    def output_size(self, latent_frames: int, target_hw: tuple[int, int]) -> tuple[int, int, int]:
+    def output_size(self, latent_frames: int, target_hw: tuple[int, int],
+                    current_hw: tuple[int, int] | None = None) -> tuple[int, int, int]:
         """(T, h', w') of :meth:`forward`'s output; checks that it equals (T, *target_hw)."""
-        t_in, h_in, w_in = self.input_size(latent_frames, target_hw)
+        t_in, h_in, w_in = self.input_size(latent_frames, target_hw, current_hw)
         d = self.config.dims
         if d == 3:
             out = self.config.output_size((t_in, h_in, w_in))
@@ -158,8 +165,18 @@ class StitchingLayer(nn.Module):
     def resize(self, latent: Tensor, target_hw: tuple[int, int]) -> Tensor:
         """(B, 16, T_lat, h, w) -> (B, 16, T_in, H_in, W_in): the conv's input for token grid ``target_hw``."""
         self.check_latent(latent)
-        size = self.input_size(latent.shape[2], target_hw)
+        size = self.input_size(latent.shape[2], target_hw, tuple(latent.shape[-2:]))
         return resize_latent(latent.to(self.weight.dtype), size)
+
+    def natural_grid(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        """Token grid the conv gives on the latent as it is (no resize): ``(h + 2p - r) // s + 1`` per side (conv3d
+        and conv2d; conv1d keeps h, w)."""
+        h, w = (int(v) for v in latent_hw)
+        d = self.config.dims
+        if d == 1:
+            return h, w
+        out = self.config.output_size((1, h, w) if d == 3 else (h, w))
+        return int(out[-2]), int(out[-1])
 
     # ------------------------------------------------------------------------------------------ conv
     def _fold(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:

@@ -190,9 +190,9 @@ def add_lora(target: nn.Module, r: int = 64, alpha: float = 32, dropout: float =
     if root is not target:
         for p in target.stitching.parameters():
             p.requires_grad_(True)
-        pe = root.aggregator.patch_embed
-        for t in (pe.cls_token, pe.register_tokens, pe.mask_token):
-            t.requires_grad_(True)
+        pe = getattr(getattr(root, "aggregator", None), "patch_embed", None)
+        for t in ((pe.cls_token, pe.register_tokens, pe.mask_token) if pe is not None else ()):
+            t.requires_grad_(True)  # DINO's tokens (AnySplat / VGGT); MVDUSt3R's encoder has none
     logger.info("add_lora: %d modules adapted (r=%s, alpha=%s)", len(config.target_modules), config.r,
                 config.lora_alpha)
     return target

@@ -346,7 +346,7 @@ class LayerSearch:
     def patches(self, latent: Tensor, grid_hw: tuple[int, int], padding_mode: str = "replicate") -> Tensor:
         """im2col rows (B*T*h*w, d) in float64 of the latent resized for the token grid ``grid_hw``."""
         self._geom.check_latent(latent)
-        size = self._geom.input_size(latent.shape[2], grid_hw)
+        size = self._geom.input_size(latent.shape[2], grid_hw, tuple(latent.shape[-2:]))
         x = resize_latent(latent.to(device=self.device, dtype=torch.float64), size)
         return self._geom.unfold(x, padding_mode)
 

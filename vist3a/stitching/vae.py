@@ -1,11 +1,16 @@
-"""A minimal video-VAE interface for the stitching-layer search, with adapters for diffusers' Wan and CogVideoX VAEs.
+"""A minimal video-VAE interface for the stitching-layer search, with adapters for diffusers' Wan, CogVideoX,
+HunyuanVideo and Stable Video Diffusion (SVD) VAEs.
 
 Protocol (:class:`VideoVAE`)::
 
     latent = vae.encode(clip)        # clip (B, T, 3, H, W) float in [0, 1]  ->  raw latent (B, C, T_lat, h, w)
-    vae.latent_channels              # C (16 for Wan 2.1 and CogVideoX)
-    vae.temporal_compression         # 4: T_lat = (T - 1) // 4 + 1, T must be 4k + 1
+    vae.latent_channels              # C (16 for Wan 2.1, CogVideoX and HunyuanVideo; 4 for SVD)
+    vae.temporal_compression         # 4: T_lat = (T - 1) // 4 + 1, T must be 4k + 1 (SVD: 1, one latent per frame)
     vae.spatial_compression          # 8: h = H / 8, w = W / 8
+
+Real factors of the released VAEs: Wan 2.1 16 ch, 4 x 8 x 8; CogVideoX 16 ch, 4 x 8 x 8; HunyuanVideo
+(``AutoencoderKLHunyuanVideo``) 16 ch, 4 x 8 x 8, model space ``z * 0.476986``; SVD (``AutoencoderKLTemporalDecoder``,
+a per-frame 2D encoder with a temporal decoder) 4 ch, 1 x 8 x 8, model space ``z * 0.18215``.
 
 Conventions (stated once):
 
@@ -31,8 +36,10 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "SVDVAE",
     "CogVideoXVAE",
     "DiffusersVideoVAE",
+    "HunyuanVideoVAE",
     "VideoVAE",
     "WanVAE",
     "latent_frames",
@@ -122,6 +129,13 @@ class DiffusersVideoVAE:
                                f"assumed")
         return z
 
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Raw latent (B, C, T_lat, h, w) -> frames (B, T, 3, H, W) float32 in [0, 1] (``vae.decode``, [-1, 1] mapped
+        back)."""
+        video = self.vae.decode(z.to(device=self.device, dtype=self.dtype), return_dict=False)[0]
+        return ((video.float() + 1) / 2).clamp_(0, 1).permute(0, 2, 1, 3, 4).contiguous()
+
     # ----------------------------------------------------------------------------------------- normalisation
     def to_model_space(self, z: Tensor) -> Tensor:
         """Raw latent -> the latent space of this VAE's diffusion transformer (identity here)."""
@@ -192,17 +206,93 @@ class CogVideoXVAE(DiffusersVideoVAE):
         return z / float(self.vae.config.scaling_factor)
 
 
-_ADAPTERS = {"wan": WanVAE, "cogvideox": CogVideoXVAE}
+class HunyuanVideoVAE(DiffusersVideoVAE):
+    """diffusers ``AutoencoderKLHunyuanVideo`` (HunyuanVideo's causal 3D VAE). Raw latents: not multiplied by
+    ``scaling_factor`` (0.476986; the HunyuanVideo pipeline feeds ``z * scaling_factor`` to the transformer, no
+    shift).
+
+    Factors from the config: ``latent_channels`` (16), ``temporal_compression_ratio`` (4: T = 4k + 1 frames,
+    T_lat = k + 1), ``spatial_compression_ratio`` (8).
+    """
+
+    name = "hunyuan"
+
+    def __init__(self, vae: nn.Module, *, sample: bool = True, generator: torch.Generator | None = None) -> None:
+        super().__init__(vae, sample=sample, generator=generator)
+        cfg = vae.config
+        self.latent_channels = int(cfg.latent_channels)
+        self.temporal_compression = int(cfg.temporal_compression_ratio)
+        self.spatial_compression = int(cfg.spatial_compression_ratio)
+
+    def to_model_space(self, z: Tensor) -> Tensor:
+        return z * float(self.vae.config.scaling_factor)
+
+    def from_model_space(self, z: Tensor) -> Tensor:
+        return z / float(self.vae.config.scaling_factor)
+
+
+class SVDVAE(DiffusersVideoVAE):
+    """diffusers ``AutoencoderKLTemporalDecoder`` (Stable Video Diffusion): a 2D image encoder applied to every frame
+    (no temporal compression) and a temporal decoder. Raw latents: not multiplied by ``scaling_factor`` (0.18215).
+
+    Layout: the frames are folded into the batch for the encoder, ``(B*T, 3, H, W) -> (B*T, 4, H/8, W/8)``, and
+    unfolded to the common ``(B, 4, T, h, w)``. Factors: ``latent_channels`` (4), temporal 1 (any frame count; the
+    stitching layer keeps T frames), spatial ``2 ** (len(block_out_channels) - 1)`` (8).
+    """
+
+    name = "svd"
+
+    def __init__(self, vae: nn.Module, *, sample: bool = True, generator: torch.Generator | None = None) -> None:
+        super().__init__(vae, sample=sample, generator=generator)
+        cfg = vae.config
+        self.latent_channels = int(cfg.latent_channels)
+        self.temporal_compression = 1
+        self.spatial_compression = 2 ** (len(cfg.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, clip: Tensor) -> Tensor:
+        """(B, T, 3, H, W) in [0, 1] -> raw latent (B, 4, T, h, w): every frame encoded on its own."""
+        self.check_clip(clip)
+        b, t = clip.shape[:2]
+        x = clip.to(device=self.device, dtype=self.dtype).reshape(b * t, *clip.shape[2:]) * 2 - 1
+        dist = self.vae.encode(x).latent_dist
+        z = dist.sample(generator=self.generator) if self.sample else dist.mean
+        z = z.reshape(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+        expected = (b, *self.latent_shape(t, clip.shape[3], clip.shape[4]))
+        if tuple(z.shape) != expected:
+            raise RuntimeError(f"SVDVAE.encode: latent shape {tuple(z.shape)} differs from the expected {expected}")
+        return z
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Raw latent (B, 4, T, h, w) -> frames (B, T, 3, H, W) in [0, 1]: the temporal decoder over the T frames."""
+        b, c, t, h, w = z.shape
+        flat = z.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w).to(device=self.device, dtype=self.dtype)
+        frames = self.vae.decode(flat, num_frames=t, return_dict=False)[0]
+        frames = ((frames.float() + 1) / 2).clamp_(0, 1)
+        return frames.reshape(b, t, *frames.shape[1:])
+
+    def to_model_space(self, z: Tensor) -> Tensor:
+        return z * float(self.vae.config.scaling_factor)
+
+    def from_model_space(self, z: Tensor) -> Tensor:
+        return z / float(self.vae.config.scaling_factor)
+
+
+_ADAPTERS = {"wan": WanVAE, "cogvideox": CogVideoXVAE, "hunyuan": HunyuanVideoVAE, "svd": SVDVAE}
+_CLASSES = {"wan": "AutoencoderKLWan", "cogvideox": "AutoencoderKLCogVideoX", "hunyuan": "AutoencoderKLHunyuanVideo",
+            "svd": "AutoencoderKLTemporalDecoder"}
+#: ``--vae`` names of the scripts
+VAE_KINDS = tuple(_ADAPTERS)
 
 
 def wrap_video_vae(vae: nn.Module, **kwargs) -> DiffusersVideoVAE:
     """Pick the adapter for a diffusers VAE instance by class name."""
     name = type(vae).__name__
-    if name == "AutoencoderKLWan":
-        return WanVAE(vae, **kwargs)
-    if name == "AutoencoderKLCogVideoX":
-        return CogVideoXVAE(vae, **kwargs)
-    raise ValueError(f"wrap_video_vae: no adapter for {name}; supported: AutoencoderKLWan, AutoencoderKLCogVideoX")
+    for kind, cls_name in _CLASSES.items():
+        if name == cls_name:
+            return _ADAPTERS[kind](vae, **kwargs)
+    raise ValueError(f"wrap_video_vae: no adapter for {name}; supported: {', '.join(_CLASSES.values())}")
 
 
 def _diffusers_class(kind: str):
@@ -210,28 +300,38 @@ def _diffusers_class(kind: str):
         raise ValueError(f"unknown VAE kind {kind!r}; choose one of {sorted(_ADAPTERS)}")
     import diffusers
 
-    return diffusers.AutoencoderKLWan if kind == "wan" else diffusers.AutoencoderKLCogVideoX
+    return getattr(diffusers, _CLASSES[kind])
 
 
 def tiny_video_vae(kind: str = "wan", seed: int = 0, **kwargs) -> DiffusersVideoVAE:
-    """A tiny randomly initialised VAE (CPU tests / smoke runs): 16 latent channels, compression 4 x 8 x 8.
+    """A tiny randomly initialised VAE of the real class (CPU tests / smoke runs) with the real factors: 16 latent
+    channels, compression 4 x 8 x 8 (SVD: 4 channels, 1 x 8 x 8).
 
     Wan: ``AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1,1,1,1], num_res_blocks=1,
     temperal_downsample=[False,True,True])``; CogVideoX: ``block_out_channels=(8,)*4, layers_per_block=1,
-    norm_num_groups=4``.
+    norm_num_groups=4``; HunyuanVideo: ``block_out_channels=(8,)*4, layers_per_block=1, norm_num_groups=4,
+    mid_block_add_attention=False``; SVD: ``down_block_types=("DownEncoderBlock2D",)*4, block_out_channels=(32,)*4``
+    (its encoder's GroupNorm has 32 groups).
     """
     cls = _diffusers_class(kind)
     torch.manual_seed(seed)
     if kind == "wan":
         vae = cls(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                   temperal_downsample=[False, True, True])
+    elif kind == "hunyuan":
+        vae = cls(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=16,
+                  mid_block_add_attention=False)
+    elif kind == "svd":
+        vae = cls(down_block_types=("DownEncoderBlock2D",) * 4, block_out_channels=(32, 32, 32, 32),
+                  layers_per_block=1, latent_channels=4)
     else:
         vae = cls(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=16)
     return _ADAPTERS[kind](vae.eval(), **kwargs)
 
 
 def load_diffusers_vae(kind: str, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The raw diffusers VAE (``AutoencoderKLWan`` / ``AutoencoderKLCogVideoX``) in eval mode from a VAE folder, a
+    """The raw diffusers VAE (``AutoencoderKLWan`` / ``AutoencoderKLCogVideoX`` / ``AutoencoderKLHunyuanVideo`` /
+    ``AutoencoderKLTemporalDecoder``) in eval mode from a VAE folder, a
     pipeline folder (its ``vae/`` subfolder) or a hub id (a pipeline repository's ``vae/``).
 
     Raises ``OSError`` / ``ValueError`` from diffusers when the files cannot be found or read.
@@ -246,7 +346,8 @@ def load_diffusers_vae(kind: str, path: str | os.PathLike, dtype: torch.dtype = 
 
 def load_video_vae(kind: str, path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                    **kwargs) -> DiffusersVideoVAE:
-    """Load a diffusers VAE with :func:`load_diffusers_vae` and wrap it. ``kind``: ``"wan"`` or ``"cogvideox"``."""
+    """Load a diffusers VAE with :func:`load_diffusers_vae` and wrap it. ``kind``: ``"wan"``, ``"cogvideox"``,
+    ``"hunyuan"`` or ``"svd"``."""
     try:
         vae = load_diffusers_vae(kind, path, dtype)
     except (OSError, ValueError) as exc:
