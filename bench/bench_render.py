@@ -70,6 +70,9 @@ def comfy_renderer(comfyui_dir: str | None):
         return None, "no --comfyui-dir / COMFYUI_DIR given"
     sys.path.insert(0, os.path.abspath(comfyui_dir))
     try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # the CPU comparison (as `main.py --cpu`), read when model_management loads
         from comfy_extras import nodes_gaussian_splat as ns
     except Exception as err:  # noqa: BLE001 -- any import failure: report it and time ours only
         return None, (f"cannot import comfy_extras.nodes_gaussian_splat from {comfyui_dir} ({type(err).__name__}: "
