@@ -23,10 +23,10 @@ instead. ``--repeats`` runs interleaved rounds and reports min / median ratios. 
 from __future__ import annotations
 
 import argparse
-import statistics
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time

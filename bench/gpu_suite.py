@@ -40,13 +40,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fast_path import VARIANTS, compare, psnr, rel  # noqa: E402
-from bench_fast_path import table as fast_table  # noqa: E402
+from bench_fast_path import VARIANTS, compare, psnr, rel
+from bench_fast_path import table as fast_table
 
-from vist3a.io import save_gaussians  # noqa: E402
-from vist3a.pipeline import TextTo3DPipeline, apply_template, decode_frames, model_size, to_raw_latent  # noqa: E402
-from vist3a.pipeline.output import run_decoder  # noqa: E402
-from vist3a.pipeline.wan import resize_frames  # noqa: E402
+from vist3a.io import save_gaussians
+from vist3a.pipeline import (
+    TextTo3DPipeline,
+    apply_template,
+    decode_frames,
+    model_size,
+    to_raw_latent,
+)
+from vist3a.pipeline.output import run_decoder
+from vist3a.pipeline.wan import resize_frames
 
 STAGES = ("text_encoding", "denoising", "vae_decode", "stitched_decode", "gaussian_export")
 PROMPT = "a red sports car"
@@ -223,8 +229,8 @@ def pipeline_section(pipe, settings, device, repeats: int, out_dir: Path) -> dic
     peaks = {"released": denoise_peak(pipe, settings, device, False),
              "default": denoise_peak(pipe, settings, device, False),
              "fast": denoise_peak(pipe, settings, device, True)}
-    for name in results:
-        for r in results[name]:
+    for name, rs in results.items():
+        for r in rs:
             r["denoising_peak_gb"] = peaks[name]
     # quality of the fast path against the default on the same seed
     ref = pack_run(pipe, settings, 0, out_dir / "q_default.ply", stages, fast=False)
@@ -316,6 +322,44 @@ def rasteriser_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def offload_section(pipe, settings, device) -> dict:
+    """Peak VRAM of the README's offload modes (a 2-step run: the peak does not grow with steps), each from a
+    fresh CPU placement. CUDA only (diffusers' offload hooks move models between the CPU and the GPU)."""
+    res = {}
+    short = settings.replace(num_inference_steps=2)
+    for mode, decoder_dtype in (("none", torch.float32), ("model", torch.float32), ("sequential", torch.float32),
+                                ("sequential", torch.bfloat16)):
+        name = mode if mode == "none" else f"{mode} (decoder {str(decoder_dtype).split('.')[-1]})"
+        with contextlib.suppress(Exception):  # no hooks yet
+            pipe.wan.remove_all_hooks()
+        pipe.wan.to("cpu")
+        pipe.decoder.to(device="cpu", dtype=decoder_dtype)
+        pipe._offload_device = None
+        torch.cuda.empty_cache()
+        if mode == "none":
+            pipe.to(device)
+        elif mode == "model":
+            pipe.enable_model_cpu_offload(device)
+        else:
+            pipe.enable_sequential_cpu_offload(device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        pipe(PROMPT, seed=0, progress=False, num_inference_steps=2, num_frames=short.num_frames,
+             height=short.height, width=short.width)
+        torch.cuda.synchronize(device)
+        res[name] = {"peak_gb": torch.cuda.max_memory_allocated(device) / 1024**3,
+                     "seconds_2_steps": time.perf_counter() - t0}
+        print(f"  offload {name}: peak {res[name]['peak_gb']:.2f} GB", flush=True)
+    return res
+
+
+def offload_table(r: dict) -> str:
+    lines = ["| offload mode | peak VRAM GB (whole run) | seconds (2 steps) |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v['peak_gb']:.2f} | {v['seconds_2_steps']:.1f} |" for k, v in r.items()]
+    return "\n".join(lines)
+
+
 # ============================================================================================ main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -323,7 +367,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda when present (required without --tiny)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 2; tiny 1)")
     parser.add_argument("--out", default="bench/out/gpu_suite", help="folder for gpu_suite.json / .md and scratch")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "rasteriser", "fast_variants"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["pipeline", "rasteriser", "fast_variants", "offload"])
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not args.tiny and device.type != "cuda":
@@ -336,8 +381,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "tiny": args.tiny, "repeats": repeats}
-    md = [f"# gpu_suite ({'tiny, CPU check' if args.tiny else 'full size'}) on {report['device']}, torch "
-          f"{torch.__version__}", ""]
+    md = [(f"# gpu_suite ({'tiny, CPU check' if args.tiny else 'full size'}) on {report['device']}, torch "
+           f"{torch.__version__}"), ""]
     print(f"building {'tiny' if args.tiny else 'full-size'} models on {device} ...", flush=True)
     t0 = time.perf_counter()
     pipe = build_tiny(device) if args.tiny else build_full_size(device)
@@ -348,14 +393,22 @@ def main(argv=None) -> int:
     if "pipeline" not in args.skip:
         print("pipeline: released / default / fast ...", flush=True)
         report["pipeline"] = pipeline_section(pipe, settings, device, repeats, out)
-        md += [f"## Text -> 3D, {settings.num_frames} frames {settings.height}x{settings.width}, "
-               f"{settings.num_inference_steps} steps (fast: {round(settings.num_inference_steps * 0.6)}), "
-               f"CFG {settings.guidance_scale}", "", pipeline_table(report["pipeline"]), ""]
+        md += [(f"## Text -> 3D, {settings.num_frames} frames {settings.height}x{settings.width}, "
+                f"{settings.num_inference_steps} steps (fast: {round(settings.num_inference_steps * 0.6)}), "
+                f"CFG {settings.guidance_scale}"), "", pipeline_table(report["pipeline"]), ""]
     if "fast_variants" not in args.skip:
         print("fast-path variants ...", flush=True)
         res = compare(pipe.wan, settings, PROMPT, dict(VARIANTS), seeds=1, repeats=repeats, device=device)
         report["fast_variants"] = res
         md += [fast_table(res, "## Fast-path variants (Wan sampling only; speed-up and difference vs default)"), ""]
+    if "offload" not in args.skip and device.type == "cuda":
+        print("offload modes ...", flush=True)
+        try:
+            report["offload"] = offload_section(pipe, settings, device)
+            md += ["## Offload modes (the README's VRAM table)", "", offload_table(report["offload"]), ""]
+        except Exception as err:  # noqa: BLE001 -- e.g. accelerate missing: the rest of the suite still reports
+            report["offload"] = {"error": f"{type(err).__name__}: {err}"}
+            md += [f"offload modes not measured: {type(err).__name__}: {err}", ""]
     del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -363,8 +416,8 @@ def main(argv=None) -> int:
         print("rasteriser: gsplat vs ours ...", flush=True)
         report["rasteriser"] = rasteriser_section(device, args.tiny, max(repeats, 3))
         md += ["## Rasteriser", "", rasteriser_table(report["rasteriser"]), ""]
-    md += ["Not measured by this suite yet: one DRTune step's peak memory and one finetuning step's throughput "
-           "(see the README's GPU section).", ""]
+    md += [("Not measured by this suite yet: one DRTune step's peak memory and one finetuning step's "
+            "throughput."), ""]
     report["total_s"] = time.perf_counter() - t_start
     md.append(f"suite wall time {report['total_s']:.0f} s (model build {report['build_s']:.0f} s)")
     (out / "gpu_suite.json").write_text(json.dumps(report, indent=1, default=float))

@@ -164,7 +164,12 @@ def sample_preset(node, preset, prompt, seed, steps, cfg, frames, width, height,
     """A built-in diffusers Wan (``vist3a.pipeline.presets``) -> raw latent: ``micro`` (the shipped micro Wan with
     its DRTune LoRA, trained on the micro world; empty negative prompt) or ``tiny`` (untrained; plumbing tests)."""
     from vist3a.pipeline import PROMPT_TEMPLATE, apply_template, to_raw_latent
-    from vist3a.pipeline.presets import TINY_WARNING, micro_prompt_note, micro_wan_pipeline, tiny_wan_pipeline
+    from vist3a.pipeline.presets import (
+        TINY_WARNING,
+        micro_prompt_note,
+        micro_wan_pipeline,
+        tiny_wan_pipeline,
+    )
 
     if preset == "micro":
         try:

@@ -7,8 +7,13 @@ import pytest
 import torch
 
 import vist3a.io.weights as weights_io
-import vist3a.models.loading as loading
-from vist3a.models import AnySplat, AnySplatConfig, from_pretrained, save_pretrained
+from vist3a.models import (
+    AnySplat,
+    AnySplatConfig,
+    from_pretrained,
+    loading,
+    save_pretrained,
+)
 from vist3a.pipeline.presets import tiny_decoder
 from vist3a.stitching import load_decoder, save_decoder
 

@@ -98,8 +98,7 @@ def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     # not two. Cast tensors replace their originals in the caller's dict one by one, so a cast never holds two
     # copies of more than one tensor either.
     mutable = isinstance(state_dict, dict)
-    for k in state:
-        v = state[k]
+    for k, v in list(state.items()):
         if v.dtype != own[k].dtype:
             v = v.to(own[k].dtype)
             state[k] = v

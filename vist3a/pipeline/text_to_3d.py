@@ -20,7 +20,14 @@ import torch
 
 from ..checks import check_device, check_model_sources, check_seed
 from .decoders import load_stitched_decoder
-from .fast import FAST, FastOptions, apply_fast_options, decoder_autocast, fast_steps, sample_latent
+from .fast import (
+    FAST,
+    FastOptions,
+    apply_fast_options,
+    decoder_autocast,
+    fast_steps,
+    sample_latent,
+)
 from .output import SceneOutput, run_decoder
 from .settings import (
     DEFAULT_LORA_REPO,
