@@ -397,6 +397,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     shape = _video_shape(args)
     _check_generation(args, shape)
     device, dtype, dec_dtype = _runtime(args)
+    fast = _fast_options(args)
     _check_preset(args, ("wan", "base"))
     _check_models(args, "generate")
     check_free_space(_estimated_bytes(outs, shape, args.sh_degree))
@@ -431,9 +432,30 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     frames, height, width = shape
     scene = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=frames, height=height, width=width,
                  num_inference_steps=args.steps, guidance_scale=args.cfg, flow_shift=args.flow_shift, seed=args.seed,
-                 progress=not args.no_progress, **kwargs)
+                 progress=not args.no_progress, fast=fast, **kwargs)
     _write_scene(scene, outs, args.sh_degree)
     return 0
+
+
+def _fast_options(args: argparse.Namespace):
+    """--fast / --compile / --attention-backend -> FastOptions (None: the published path), checked before loading."""
+    from .pipeline.fast import FAST, FastOptions
+
+    backend = args.attention_backend
+    if backend is not None:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        names = [b.value for b in AttentionBackendName]
+        if backend not in names:
+            raise ValueError(f"--attention-backend {backend!r}: diffusers knows "
+                             f"{', '.join(n for n in names if not n.startswith('_'))} (and the _native_* variants)")
+    if not (args.fast or args.compile or backend):
+        return None
+    if args.fast:
+        options = FAST if args.steps is None else FAST.replace(steps=args.steps)
+    else:  # only --compile / --attention-backend: the default sampling, nothing approximate
+        options = FastOptions(batch_cfg=False, cache="none", decoder_bf16=False)
+    return options.replace(compile=bool(args.compile), attention_backend=backend).check()
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -610,6 +632,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU offload (diffusers hooks): model = one model on the GPU at a time, sequential = least "
                         "VRAM, slowest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--fast", action="store_true",
+                   help="fast path: CFG batched in one forward, diffusers' First Block Cache, 0.6x the steps (50 -> "
+                        "30; an explicit --steps is kept), the decoder in bf16 autocast on CUDA; quality cost vs the "
+                        "default measured in bench/bench_fast_path.py")
+    p.add_argument("--compile", action="store_true", help="torch.compile the Wan transformer blocks (the first "
+                                                          "run compiles; pays off over repeated runs)")
+    p.add_argument("--attention-backend", help="diffusers attention backend for Wan (e.g. flash, sage, "
+                                               "_native_cudnn; needs the matching kernels)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("reconstruct", parents=[debug], help="video file or folder of ordered frames -> 3D scene (Wan VAE encoder + "

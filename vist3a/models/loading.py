@@ -165,7 +165,8 @@ def mismatch_lines(missing, unexpected, misshaped: list[str]) -> list[str]:
 
 def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
                          ) -> None:
-    """Strictly copy ``state_dict`` into ``model`` (values cast to each parameter's dtype); raise
+    """Strictly load ``state_dict`` into ``model`` (values cast to each parameter's dtype; a model on the meta device
+    adopts the tensors instead of copying them, so only one copy of the weights is ever held); raise
     :class:`CheckpointMismatchError` listing missing, unexpected and mis-shaped keys otherwise."""
     state = {k: v for k, v in state_dict.items() if not k.startswith(_DROPPED_PREFIXES)}
     own = model.state_dict()
@@ -181,7 +182,25 @@ def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor
                      "'vggt' or 'mvdust3r' explicitly, and pass the "
                      "config the checkpoint was trained with (config.json next to the weights).")
         raise CheckpointMismatchError("\n".join(lines))
-    model.load_state_dict(dict(state), strict=True, assign=False)
+    if not any(t.is_meta for t in own.values()):
+        model.load_state_dict(dict(state), strict=True, assign=False)
+        return
+    # Built on the meta device: the model adopts the checkpoint's tensors (cast to each parameter's dtype where
+    # they differ) instead of allocating its own and copying into them, so loading holds one copy of the weights,
+    # not two. Cast tensors replace their originals in the caller's dict one by one, so a cast never holds two
+    # copies of more than one tensor either.
+    mutable = isinstance(state_dict, dict)
+    for k, v in list(state.items()):
+        if v.dtype != own[k].dtype:
+            v = v.to(own[k].dtype)
+            state[k] = v
+            if mutable and k in state_dict:
+                state_dict[k] = v
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"{type(model).__name__}: {len(left)} tensors were not in {source} and stay "
+                           f"unallocated (e.g. {left[:3]}); this is a bug in the model definition")
 
 
 def _infer_kind(state: Mapping[str, Any]) -> str:
@@ -350,7 +369,7 @@ def from_pretrained(
         cfg = mvdust3r_config_for(state, mvd_info)
     with torch.device("meta"):
         net = {"anysplat": AnySplat, "vggt": VGGT, "mvdust3r": MVDUSt3R}[kind](cfg)
-    net = net.to_empty(device="cpu").float()
+    net = net.float()  # still on the meta device: the checkpoint's tensors are adopted, not copied
     load_checkpoint_into(net, state, source=str(weights))
     del state
     net = net.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else net

@@ -7,6 +7,7 @@ models for offline smoke runs (:mod:`.presets`).
 """
 
 from .decoders import load_stitched_decoder
+from .fast import FAST, FastOptions
 from .output import SceneOutput, run_decoder
 from .settings import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -32,7 +33,9 @@ from .wan import (
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
     "DEFAULT_WAN",
+    "FAST",
     "PROMPT_TEMPLATE",
+    "FastOptions",
     "GenerationSettings",
     "SceneOutput",
     "TextTo3DPipeline",

@@ -20,6 +20,14 @@ import torch
 
 from ..checks import check_device, check_model_sources, check_seed
 from .decoders import load_stitched_decoder
+from .fast import (
+    FAST,
+    FastOptions,
+    apply_fast_options,
+    decoder_autocast,
+    fast_steps,
+    sample_latent,
+)
 from .output import SceneOutput, frames_size, run_decoder
 from .settings import (
     DEFAULT_LORA_REPO,
@@ -194,7 +202,8 @@ class TextTo3DPipeline:
     def __call__(self, prompt: str, *, negative_prompt: str | None = None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, flow_shift: float | None = None, seed: int | None = None,
-                 prompt_template=_UNSET, return_frames: bool = True, progress: bool = True) -> SceneOutput:
+                 prompt_template=_UNSET, return_frames: bool = True, progress: bool = True,
+                 fast: bool | FastOptions | None = None) -> SceneOutput:
         """Generate one scene.
 
         Args:
@@ -207,6 +216,10 @@ class TextTo3DPipeline:
                 None draws one and stores it in ``output.info["seed"]``.
             return_frames: keep the decoded video frames in the output (AnySplat decodes them anyway).
             progress: tqdm progress bar over the denoising steps.
+            fast: True = the fast path (:data:`vist3a.pipeline.fast.FAST`: batched CFG, First Block Cache, 0.6x the
+                steps, decoder in bf16 autocast on CUDA), or a :class:`~vist3a.pipeline.fast.FastOptions`; its
+                measured quality cost vs the default is in ``bench/bench_fast_path.py``. None / False: the
+                published path through diffusers' ``WanPipeline``.
         Returns a :class:`SceneOutput` (CPU tensors).
         """
         check_prompt(prompt)
@@ -227,14 +240,27 @@ class TextTo3DPipeline:
             logger.warning(TINY_WARNING)
         if getattr(self.wan.scheduler.config, "flow_shift", None) != s.flow_shift:
             self.wan.scheduler = make_scheduler(s.flow_shift)
+        options = FAST if fast is True else (fast or None)
+        if options is not None:
+            if not isinstance(options, FastOptions):
+                raise TypeError(f"fast must be True, False, None or a FastOptions, got {type(fast).__name__}")
+            options.check()
+            apply_fast_options(self.wan.transformer, options)
+        steps = fast_steps(options, s.num_inference_steps)
         generator, seed = _generator(seed)
         self.wan.set_progress_bar_config(disable=not progress, desc="denoising")
-        logger.info("sampling %d frames of %dx%d, %d steps, CFG %.2f, seed %d", s.num_frames, s.height, s.width,
-                    s.num_inference_steps, s.guidance_scale, seed)
-        latent = self.wan(prompt=text, negative_prompt=s.negative_prompt or None, height=s.height, width=s.width,
-                          num_frames=s.num_frames, num_inference_steps=s.num_inference_steps,
-                          guidance_scale=s.guidance_scale, generator=generator, output_type="latent",
-                          max_sequence_length=s.max_sequence_length).frames
+        logger.info("sampling %d frames of %dx%d, %d steps, CFG %.2f, seed %d%s", s.num_frames, s.height, s.width,
+                    steps, s.guidance_scale, seed, "" if options is None else f" (fast path: {options})")
+        if options is None:
+            latent = self.wan(prompt=text, negative_prompt=s.negative_prompt or None, height=s.height,
+                              width=s.width, num_frames=s.num_frames, num_inference_steps=steps,
+                              guidance_scale=s.guidance_scale, generator=generator, output_type="latent",
+                              max_sequence_length=s.max_sequence_length).frames
+        else:
+            latent = sample_latent(self.wan, text, s.negative_prompt or None, height=s.height, width=s.width,
+                                   num_frames=s.num_frames, num_inference_steps=steps,
+                                   guidance_scale=s.guidance_scale, generator=generator,
+                                   max_sequence_length=s.max_sequence_length, options=options, progress=progress)
         vae = self.wan.vae
         raw = to_raw_latent(vae, latent.to(dtype=vae.dtype))
         size3d = frames_size(self.decoder, s.height, s.width)
@@ -247,9 +273,12 @@ class TextTo3DPipeline:
         else:
             frames3d = torch.zeros(1, s.num_frames, 3, *size3d)
         logger.info("stitched %s decoder on %d frames of %dx%d", self.decoder.kind, s.num_frames, *size3d)
-        gaussians, cameras, pointmap, depth = run_decoder(self.decoder, raw.float(), frames3d, self._offload_device)
+        with decoder_autocast(options, self.device):
+            gaussians, cameras, pointmap, depth = run_decoder(self.decoder, raw.float(), frames3d,
+                                                              self._offload_device)
         info = {"prompt": prompt, "text": text, "seed": seed, "num_frames": s.num_frames, "height": s.height,
-                "width": s.width, "steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
-                "flow_shift": s.flow_shift, "untrained": self.untrained, "prompt_note": note}
+                "width": s.width, "steps": steps, "guidance_scale": s.guidance_scale,
+                "flow_shift": s.flow_shift, "untrained": self.untrained, "prompt_note": note,
+                "fast": None if options is None else options.__dict__.copy()}
         return SceneOutput(gaussians, cameras, pointmap, frames[0].cpu() if (frames is not None and return_frames)
                            else None, depth, raw.float().cpu(), info)

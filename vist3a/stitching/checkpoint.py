@@ -598,7 +598,7 @@ def _load_decoder(source: str | Path, device: str | torch.device | None, dtype: 
         return _load_lora_decoder(cfg, cfg_file, weights, device, dtype, revision)
     check_weights_file(weights, "decoder weights")  # a truncated file fails here, before the model is built
     decoder = _meta_decoder(cfg, cfg_file)
-    decoder = decoder.to_empty(device="cpu").float()
+    decoder = decoder.float()  # on the meta device until it adopts the file's tensors: one copy in memory, not two
     state = load_safetensors(weights, "decoder weights")
     try:
         load_checkpoint_into(decoder, state, source=str(weights))
