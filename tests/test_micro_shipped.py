@@ -116,3 +116,19 @@ def test_comfyui_node_offers_and_runs_the_micro_decoder(tmp_path, single_thread)
         assert latent["samples"].shape == (1, 16, 3, 8, 8) and len(splats.gaussians[0]) == 9 * 56 * 56
     finally:
         _fake_comfy.uninstall()
+
+
+def test_report_markdown_is_what_the_command_writes_from_its_results():
+    """docs/micro_world.md is exactly what `python -m training.micro report --docs docs` writes from the committed
+    docs/micro_world/results.json (no number in the report was typed by hand)."""
+    from training.micro.report import findings, markdown, markdown_t2v
+
+    res = json.loads(RESULTS.read_text())
+    text = (REPO_ROOT / "docs" / "micro_world.md").read_text()
+    command = text.split("Made by `", 1)[1].split("`", 1)[0]
+    expected = markdown(res, "micro_world", command) + ("\n" + markdown_t2v(res["t2v"], command) if "t2v" in res
+                                                        else "")
+    assert text == expected
+    assert len(findings(res)) >= 4 and all(line.startswith("- ") for line in findings(res))
+    for png in ("examples", "layers", "layers_nvs", "init", "noise"):
+        assert (REPO_ROOT / "docs" / "micro_world" / f"{png}.png").stat().st_size > 1000

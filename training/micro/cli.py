@@ -372,9 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("report / ship")
     r.add_argument("--report-scenes", type=int, default=60, help="held-out scenes for the NVS tables")
     r.add_argument("--noise-scenes", type=int, default=24, help="held-out scenes for the noise curves")
-    r.add_argument("--part", choices=["all", "2"], default="all",
+    r.add_argument("--part", choices=["all", "2", "text"], default="all",
                    help="report: 'all' measures everything; '2' keeps the earlier report's part-1 numbers and adds "
-                        "the text-to-3D part (after the t2v, scorer, judge and align stages)")
+                        "the text-to-3D part (after the t2v, scorer, judge and align stages); 'text' rewrites the "
+                        "markdown from the saved results.json")
     r.add_argument("--t2v-prompts", type=int, default=24, help="held-out prompts per split for text to 3D")
     r.add_argument("--docs", default=None, help="also write <docs>/micro_world.md and <docs>/micro_world/*.png")
     r.add_argument("--to", default=None, help="ship: destination (default vist3a/weights/micro of this checkout)")

@@ -158,15 +158,27 @@ def ship_text_to_video(run: Path, dest: Path) -> bool:
     _replace_dir(tmp, dest / "tokenizer")
     with atomic_write(dest / "vocabulary.json", "w") as fh:
         json.dump(micro_vocabulary_by_kind(), fh, indent=1)
-    for src, name in ((run / "scorer" / "clip", "scorer"), (run / "judge", "judge")):
-        if not src.is_dir():
-            logger.warning("%s is missing: not shipping the micro %s", src, name)
-            continue
-        tmp = _staging(dest, name)
-        for f in src.iterdir():
-            if f.is_file() and (name != "judge" or f.name == "judge.safetensors"):
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPModel
+
+    clip = run / "scorer" / "clip"
+    if (clip / "config.json").is_file():
+        tmp = _staging(dest, "scorer")
+        for f in clip.iterdir():  # tokenizer and image processor files
+            if f.is_file() and f.suffix != ".safetensors":
                 shutil.copy2(f, tmp / f.name)
-        _replace_dir(tmp, dest / name)
+        CLIPModel.from_pretrained(str(clip)).to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        _replace_dir(tmp, dest / "scorer")
+    else:
+        logger.warning("%s is missing: not shipping the micro CLIP", clip)
+    judge = run / "judge" / "judge.safetensors"
+    if judge.is_file():
+        tmp = _staging(dest, "judge")
+        save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(judge).items()},
+                  str(tmp / "judge.safetensors"))
+        _replace_dir(tmp, dest / "judge")
+    else:
+        logger.warning("%s is missing: not shipping the judge", judge)
     lora = run / "align" / "lora_ema"
     if (lora / "adapter_model.safetensors").is_file() and (run / "align" / "done").is_file():
         tmp = _staging(dest, "lora")
