@@ -503,13 +503,20 @@ def _splat_entries(node: str, splats, prefix: str, also_splat: bool, temp: bool,
     if file_format not in FORMATS:
         raise ValueError(f"{node}: format must be one of {', '.join(FORMATS)}, got {file_format!r}")
     gaussians, untrained = to_gaussians(node, splats)
+    # the decoded cameras ride along on our splat objects (not on splats a core node made or transformed): saved
+    # scenes get the same ``<scene>.cameras.json`` sidecar as ``vist3a generate`` writes (``vist3a render`` uses it)
+    cameras = list(getattr(splats, "cameras", None) or getattr(splats, "vist3a_cameras", None) or [])
     entries = []
-    for g in gaussians:
+    for i, g in enumerate(gaussians):
         _comfy.check_interrupt()
         exts = FORMATS[file_format] + ([".splat"] if also_splat else [])
         paths, subfolder, kind = _comfy.save_paths(node, prefix, exts, temp=temp)
         for path in paths:
             {".ply": write_gaussians_ply, ".spz": write_spz, ".splat": write_splat}[path.suffix](path, g)
+        if not temp and i < len(cameras) and cameras[i] is not None:
+            from vist3a.io.cameras_json import cameras_sidecar, write_cameras_json
+
+            write_cameras_json(cameras_sidecar(paths[0]), cameras[i])
         logger.info("%s: wrote %s (%d Gaussians)", node, ", ".join(p.name for p in paths), len(g))
         entries.append({"filename": paths[0].name, "subfolder": subfolder, "type": kind})
     return entries, untrained

@@ -100,6 +100,13 @@ def test_latent_to_splats_to_ply_end_to_end(mappings, comfy, single_thread):
     assert len(g) == len(splats.gaussians[0])
     torch.testing.assert_close(g.means, splats.gaussians[0].means, rtol=1e-5, atol=1e-5)
     assert (Path(comfy.root) / "output" / "vist3a" / entries[0]["filename"].replace(".ply", ".splat")).is_file()
+    # the decoded cameras are saved beside the scene, as `vist3a generate` does (`vist3a render` orbits along them)
+    from vist3a.io.cameras_json import read_cameras_json
+
+    sidecar = Path(comfy.root) / "output" / "vist3a" / entries[0]["filename"].replace(".ply", ".cameras.json")
+    torch.testing.assert_close(read_cameras_json(sidecar).c2w, cameras[0].c2w.float(), rtol=1e-5, atol=1e-5)
+    out = mappings["VIST3APreviewSplats"]().preview(splats)  # previews write no sidecar into the temp folder
+    assert not list((Path(comfy.root) / "temp").rglob("*.cameras.json"))
 
     points, _cams, depth = mappings["DecodeToPointmap"]().decode(dec, latent, 0.0, 10.0)
     assert depth.shape == (9, 56, 56, 3) and len(points.clouds[0].points) > 0
