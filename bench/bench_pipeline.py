@@ -30,16 +30,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def full_size(device: torch.device, decoder_dtype: torch.dtype):
-    """Full-size random-weight pipeline (Wan 1.3B, default initialisers, built on ``device``) + an uncut AnySplat
-    for the baseline."""
+def full_size_wan(device: torch.device):
+    """The published Wan 2.1 T2V 1.3B parts with RANDOM weights, built on ``device`` (transformer, UMT5-XXL text
+    encoder and Wan VAE in fp16; seed 0) as a diffusers ``WanPipeline``. The character tokenizer stands in for
+    UMT5's sentencepiece one (not downloadable here); the text encoder still runs at the published 512 tokens
+    (padded), so its cost is the real one."""
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from vist3a.models import AnySplat
     from vist3a.pipeline.presets import tiny_tokenizer
     from vist3a.pipeline.wan import make_scheduler
-    from vist3a.stitching import RELEASED_CONFIG, StitchedDecoder, StitchingLayer
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -51,12 +51,30 @@ def full_size(device: torch.device, decoder_dtype: torch.dtype):
                                                    num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
                                         ).to(torch.float16).eval()
         vae = AutoencoderKLWan().to(torch.float16).eval()  # the published Wan 2.1 VAE config
+    return WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, transformer=transformer, vae=vae,
+                       scheduler=make_scheduler())
+
+
+def full_size_decoder(device: torch.device, decoder_dtype: torch.dtype):
+    """The published stitched AnySplat (cut at enc_blocks_2, the released stitching layer), RANDOM weights."""
+    from vist3a.models import AnySplat
+    from vist3a.stitching import RELEASED_CONFIG, StitchedDecoder, StitchingLayer
+
+    with torch.device(device):
         decoder = StitchedDecoder(AnySplat(), "enc_blocks_2", StitchingLayer(RELEASED_CONFIG))
-        decoder = decoder.to(decoder_dtype).eval()
+    return decoder.to(decoder_dtype).eval()
+
+
+def full_size(device: torch.device, decoder_dtype: torch.dtype):
+    """Full-size random-weight pipeline (Wan 1.3B, default initialisers, built on ``device``) + an uncut AnySplat
+    for the baseline."""
+    from vist3a.models import AnySplat
+
+    wan = full_size_wan(device)
+    decoder = full_size_decoder(device, decoder_dtype)
+    with torch.device(device):
         plain = AnySplat().to(decoder_dtype).eval()
     torch.cuda.empty_cache()
-    wan = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, transformer=transformer, vae=vae,
-                      scheduler=make_scheduler())
     return TextTo3DPipeline(wan, decoder), plain
 
 

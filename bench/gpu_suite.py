@@ -61,31 +61,10 @@ PROMPT = "a red sports car"
 # ============================================================================================ models
 def build_full_size(device: torch.device):
     """Wan 2.1 1.3B (fp16) + UMT5-XXL (fp16) + Wan VAE (fp16) + stitched AnySplat (fp32), random weights, on
-    ``device``; the published settings."""
-    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    ``device``; the published settings (built as bench_pipeline.py builds them)."""
+    from bench_pipeline import full_size_decoder, full_size_wan
 
-    from vist3a.models import AnySplat
-    from vist3a.pipeline.presets import tiny_tokenizer
-    from vist3a.pipeline.wan import make_scheduler
-    from vist3a.stitching import RELEASED_CONFIG, StitchedDecoder, StitchingLayer
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-            text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024).to(torch.float16).eval()
-        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240,
-                                                   num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
-                                        ).to(torch.float16).eval()
-        vae = AutoencoderKLWan().to(torch.float16).eval()  # the published Wan 2.1 VAE config
-        decoder = StitchedDecoder(AnySplat(), "enc_blocks_2", StitchingLayer(RELEASED_CONFIG)).float().eval()
-    # the character tokenizer stands in for UMT5's sentencepiece one (not downloadable here); the text encoder
-    # still runs at the published 512 tokens (padded), so its cost is the real one
-    wan = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, transformer=transformer, vae=vae,
-                      scheduler=make_scheduler())
-    return TextTo3DPipeline(wan, decoder)
+    return TextTo3DPipeline(full_size_wan(device), full_size_decoder(device, torch.float32))
 
 
 def build_tiny(device: torch.device):
