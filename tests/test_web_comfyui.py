@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import shlex
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_web_preview import CHROMIUM_FLAGS, SCREENSHOT_DIR, _chromium, write_test_files
+from test_web_preview import (
+    CHROMIUM_FLAGS,
+    SCREENSHOT_DIR,
+    Cdp,
+    _chromium,
+    _free_port,
+    _wait_http,
+    write_test_files,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -93,45 +100,6 @@ STATE_JS = """(() => { const app = window.__vist3aApp; const n = app.graph._node
            scale: app.canvas.ds.scale, pos: [...n.pos] }; })()"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(url)
-
-
-class _Cdp:
-    def __init__(self, ws_url: str):
-        self.ws = websocket.create_connection(ws_url, timeout=120)
-        self.id = 0
-
-    def call(self, method: str, **params):
-        self.id += 1
-        self.ws.send(json.dumps({"id": self.id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg["result"]
-
-    def evaluate(self, expression: str):
-        r = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
-        if "exceptionDetails" in r:
-            raise RuntimeError(json.dumps(r["exceptionDetails"])[:2000])
-        return r["result"]["value"]
-
-
 def test_previewer_in_real_comfyui(tmp_path):
     home = tmp_path / "home"
     (home / "custom_nodes").mkdir(parents=True)
@@ -160,7 +128,7 @@ def test_previewer_in_real_comfyui(tmp_path):
         )
         _wait_http(f"http://127.0.0.1:{cdp_port}/json/version", 30)
         tabs = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{cdp_port}/json").read())
-        cdp = _Cdp(next(t for t in tabs if t["type"] == "page")["webSocketDebuggerUrl"])
+        cdp = Cdp(next(t for t in tabs if t["type"] == "page")["webSocketDebuggerUrl"])
         cdp.call("Page.enable")
         cdp.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
         out = cdp.evaluate(PAGE_JS)
