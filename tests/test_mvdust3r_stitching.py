@@ -170,6 +170,41 @@ def test_cameras_from_pointmap_recovers_known_cameras():
     assert float(depth.min()) >= 2 - 1e-4 and float(depth.max()) <= 3 + 1e-4
 
 
+def test_cameras_from_pointmap_survives_outliers_and_a_planar_confident_set():
+    """What a network's pointmap looks like: most points right, 10 % thrown anywhere (some near z = 0), and the most
+    confident pixels all on one plane (the ground). The focal and the poses still come back (the linear fit alone
+    was 30-100 px off on the micro MVDUSt3R's pointmaps)."""
+    import math
+
+    from vist3a.models.geometry import cameras_from_pointmap
+
+    h, w, f = 32, 32, 30.0
+    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    g = torch.Generator().manual_seed(1)
+    pts, c2ws, confs = [], [], []
+    for i in range(4):
+        a = 0.15 * i
+        rot = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+        t = torch.tensor([0.4 * i, -0.05 * i, 0.1 * i])
+        d = 2 + torch.rand(h, w, generator=g)
+        d[h // 2:] = 2.0  # lower half: a plane at depth 2, the most confident pixels below
+        cam = torch.stack([(u - w / 2) / f * d, (v - h / 2) / f * d, d], -1)
+        world = cam @ rot.T + t
+        bad = torch.rand(h, w, generator=g) < 0.1
+        junk = torch.randn(h, w, 3, generator=g) * 3
+        junk[..., 2] = junk[..., 2].abs() * 0.01  # some near z = 0
+        pts.append(torch.where(bad[..., None], junk, world))
+        conf = torch.ones(h, w)
+        conf[h // 2:] = 5.0
+        confs.append(conf)
+        c2w = torch.eye(4)
+        c2w[:3, :3], c2w[:3, 3] = rot, t
+        c2ws.append(c2w)
+    c2w, k, _ = cameras_from_pointmap(torch.stack(pts), torch.stack(confs), samples=512)
+    assert abs(float(k[0, 0, 0]) - f) < 0.3
+    torch.testing.assert_close(c2w, torch.stack(c2ws), rtol=0, atol=2e-2)
+
+
 def test_gaussian_conventions():
     """Means = pts3d, wxyz rotations, sigmoid opacities, scales clipped to [1e-4, 4e-3] x mean distance, colours
     from the images when given (SH DC), else the head's raw rgb."""
@@ -193,3 +228,29 @@ def test_gaussian_conventions():
 
 def F_normalize(x):  # mirrors torch.nn.functional.normalize
     return x / x.norm(dim=-1, keepdim=True)
+
+
+def test_view_embeddings_are_an_opt_in_micro_option():
+    """``view_embeddings`` (the micro model's per-view-position vectors) is absent from the released layout, changes
+    what each view's tokens see when set, survives save / load, and refuses clips longer than it covers."""
+    import tempfile
+
+    from vist3a.models import MVDUSt3R, MVDUSt3RConfig, from_pretrained
+    from vist3a.models.loading import save_pretrained
+
+    assert "view_embed" not in MVDUSt3R(MVDUSt3RConfig.tiny()).state_dict()
+    torch.manual_seed(0)
+    model = MVDUSt3R(MVDUSt3RConfig(enc_embed_dim=64, enc_depth=2, enc_num_heads=4, dec_embed_dim=48, dec_depth=2,
+                                    dec_num_heads=4, skip_channels=16, view_embeddings=3)).eval()
+    assert model.state_dict()["view_embed"].shape == (3, 48)
+    images = torch.rand(1, 1, 3, 32, 32).expand(1, 3, 3, 32, 32).contiguous()  # three identical views
+    with torch.no_grad():
+        pts = model(images)["pts3d"][0, 0]
+        assert (pts[1] - pts[2]).abs().max() > 1e-4  # same image, other position: other points
+        with tempfile.TemporaryDirectory() as d:
+            save_pretrained(model, d)
+            again = from_pretrained(d)
+            assert again.config.view_embeddings == 3
+            torch.testing.assert_close(again(images)["pts3d"][0, 0], pts)
+        with pytest.raises(ValueError, match="view embeddings for 3 views"):
+            model(torch.rand(1, 4, 3, 32, 32))
