@@ -144,6 +144,11 @@ class MVDUSt3RConfig:
 
     ``pts_skip``: the point head's convolutional image skip branch (``pts_head_config={'skip': True}``).
     ``sh_degree``: colour degree of the Gaussian head (0 in every release).
+    ``gs_scale_clip``: (min, max) of the Gaussian scales in units of the points' mean distance from the origin (the
+    official render-time clip, sized for 224-px inputs; the micro model's 64-px inputs need a larger maximum).
+    ``view_embeddings``: n > 0 adds a learnt vector per view position (views 0 .. n-1 of an ordered clip) to the
+    decoder tokens, key ``view_embed``; 0 in every release (MVDUSt3R's views are unordered). The micro model uses 9
+    (see training/micro/mvdust3r.py: without them its non-reference views collapsed to one mean pointmap).
     """
 
     patch_size: int = 16
@@ -159,6 +164,8 @@ class MVDUSt3RConfig:
     pts_skip: bool = True
     skip_channels: int = 256
     sh_degree: int = 0
+    gs_scale_clip: tuple[float, float] = (1e-4, 4e-3)
+    view_embeddings: int = 0
 
     model_type = "mvdust3r"
 

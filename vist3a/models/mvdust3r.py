@@ -102,6 +102,9 @@ class MVDUSt3R(nn.Module):
         self.enc_norm = nn.LayerNorm(enc, eps=CROCO_NORM_EPS)
         self.first_block = 0  # > 0 once the front was cut (stitched decoder)
         self.decoder_embed = nn.Linear(enc, dec)
+        # micro-world option (config.view_embeddings; absent from every release): one learnt vector per view position
+        self.view_embed = (nn.Parameter(torch.randn(cfg.view_embeddings, dec) * 0.02) if cfg.view_embeddings > 0
+                           else None)
 
         def blocks() -> nn.ModuleList:
             return nn.ModuleList(DecoderBlock(dec, cfg.dec_num_heads, cfg.mlp_ratio, self.rope)
@@ -193,7 +196,13 @@ class MVDUSt3R(nn.Module):
         cfg = self.config
         r = cfg.n_ref
         n = enc_tokens.shape[1]
-        x = self.decoder_embed(enc_tokens).reshape(b, 1, v, n, -1).expand(b, r, v, n, -1)
+        x = self.decoder_embed(enc_tokens).reshape(b, 1, v, n, -1)
+        if self.view_embed is not None:
+            if v > self.view_embed.shape[0]:
+                raise ValueError(f"MVDUSt3R: this model has view embeddings for {self.view_embed.shape[0]} views "
+                                 f"(an ordered clip), got {v} views")
+            x = x + self.view_embed[:v].to(x.dtype)[None, None, :, None, :]
+        x = x.expand(b, r, v, n, -1)
         c = x.shape[-1]
         dev = x.device
         ref = self._ref_mask(v, dev).reshape(-1)               # (R*V,)
@@ -355,22 +364,24 @@ class MVDUSt3R(nn.Module):
             depths.append(depth[back])
             pms.append(Pointmap(pts, conf, colors, cam))
             gss.append(mvdust3r_gaussians({k_: raw[k_][i, path] for k_ in _FIELDS},
-                                          None if images is None else colors))
+                                          None if images is None else colors, self.config.gs_scale_clip))
         return MVDUSt3RPrediction(pms, gss, cams, torch.stack(depths), raw)
 
 
-def mvdust3r_gaussians(fields: dict[str, Tensor], colors: Tensor | None = None) -> Gaussians:
+def mvdust3r_gaussians(fields: dict[str, Tensor], colors: Tensor | None = None,
+                       scale_clip: tuple[float, float] = SCALE_CLIP) -> Gaussians:
     """One path's per-pixel outputs (V, H, W, .) -> :class:`Gaussians` (N = V*H*W, index v*H*W + y*W + x).
 
     Conventions (as the official renderer): means = ``pts3d``; rotations = ``rotation`` (wxyz); opacities =
     ``opacity``; colours = the input images' RGB when ``colors`` (V, H, W, 3) in [0, 1] is given (the released
     training's ``use_img_rgb``), else the head's raw ``rgb`` as SH-DC coefficients; scales = ``clip(scale / s,
     1e-4, 4e-3) * s`` with s = the mean distance of the points from the origin (DUSt3R's avg_dis normalisation,
-    the official render-time clip expressed in the points' own units).
+    the official render-time clip expressed in the points' own units; ``scale_clip`` replaces (1e-4, 4e-3), the
+    model's ``config.gs_scale_clip``).
     """
     pts = fields["pts3d"].reshape(-1, 3).float()
     s = pts.norm(dim=-1).mean().clamp(min=1e-8)
-    scales = (fields["scale"].reshape(-1, 3).float() / s).clamp(*SCALE_CLIP) * s
+    scales = (fields["scale"].reshape(-1, 3).float() / s).clamp(*scale_clip) * s
     rot = fields["rotation"].reshape(-1, 4).float()
     rot = rot / rot.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     bad = rot.norm(dim=-1) < 0.5
