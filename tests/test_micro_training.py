@@ -224,3 +224,61 @@ def test_finetune_stage_spreads_its_layers_over_the_ranking():
     assert finetuned_layers(ranked) == ["enc_blocks_1", "enc_blocks_3", "enc_blocks_5", "enc_blocks_6"]
     assert finetuned_layers(ranked[:3]) == ranked[:3]
     assert finetuned_layers(ranked[::-1])[0] == "enc_blocks_6"  # the best first, whatever it is
+
+
+# ============================================================================================ MVDUSt3R
+def test_mvdust3r_stage_learns_points_and_appearance(world, tmp_path, single_thread):
+    from training.micro.mvdust3r import MODEL_SIZE, MVDUSt3RTrainConfig, ground_truth_points, train_mvdust3r
+    from training.micro.shards import MicroScenes
+    from vist3a.models import MVDUSt3R, from_pretrained
+
+    item = MicroScenes(world, "train")[0]
+    gt, c2w, k = ground_truth_points(item)
+    assert gt.shape == (9, MODEL_SIZE, MODEL_SIZE, 3) and torch.allclose(c2w[0], torch.eye(4), atol=1e-5)
+    assert abs(float(gt.norm(dim=-1).mean()) - 1.0) < 0.05  # normalised: mean distance ~1 (depth resampled 56 -> 64)
+    cfg = MVDUSt3RTrainConfig(steps=40, lr=1e-3, warmup=2, render_warmup=6)
+    assert train_mvdust3r(world, tmp_path / "mvd", cfg, progress=False) == 0
+    rows = [json.loads(x) for x in (tmp_path / "mvd" / "metrics.jsonl").read_text().splitlines()]
+    pts = [r["points"] for r in rows]
+    assert _mean(pts[-4:]) < 0.7 * _mean(pts[:4]), pts  # stated margin: -30 % normalised point error
+    rend = [r["render_l1"] for r in rows if "render_l1" in r]
+    assert rows[5].get("render_l1") is None and len(rend) == 40 - 6
+    assert _mean(rend[-8:]) < _mean(rend[:8]), rend
+    model = from_pretrained(tmp_path / "mvd" / "mvdust3r")
+    assert isinstance(model, MVDUSt3R) and model.config.gs_scale_clip == (1e-3, 0.05)
+    pred = model.predict(item["frames"][None, :9])
+    scales = pred.gaussians[0].scales
+    mean_dist = pred.pointmaps[0].points.norm(dim=-1).mean()
+    assert float(scales.max()) <= 0.05 * float(mean_dist) * 1.001  # the micro clip, not the released 4e-3
+
+
+def test_stitch_mvdust3r_stage_and_its_report_section(world, micro_vae_dir, tmp_path, single_thread):
+    """`python -m training.micro stitch-mvdust3r` searches the micro MVDUSt3R's encoder blocks against the micro
+    VAE, finetunes the best and the worst, and the report measures and writes the section."""
+    import shutil
+
+    from training.micro import cli
+    from training.micro.mvdust3r import micro_mvdust3r
+    from training.micro.mvdust3r_report import collect_mvdust3r, markdown_mvdust3r
+    from vist3a.models.loading import save_pretrained
+    from vist3a.stitching import load_decoder
+
+    run = tmp_path / "run"
+    shutil.copytree(micro_vae_dir, run / "vae" / "vae")
+    save_pretrained(micro_mvdust3r(0).eval(), run / "mvdust3r" / "mvdust3r")
+    argv = ["stitch-mvdust3r", "--out", str(run), "--world", str(world), "--search-samples", "3",
+            "--search-heldout", "2", "--finetune-steps", "3", "--threads", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    ranked = [r["layer"] for r in cli.ranking(run / "mvdust3r" / "search")]
+    assert sorted(ranked) == [f"enc_blocks_{k}" for k in range(1, 7)]
+    for layer in (ranked[0], ranked[-1]):
+        dec = load_decoder(run / "mvdust3r" / "finetune" / layer / "decoder")
+        assert dec.kind == "mvdust3r" and dec.cut == layer and dec.outputs == ("splats", "pointmap")
+    assert not (run / "mvdust3r" / "finetune" / ranked[1] / "decoder").exists()
+    assert cli.main(argv) == 0  # finished: nothing to redo
+    res = collect_mvdust3r(run, world, scenes=1, progress=False)
+    assert res["best"] == ranked[0] and res["scenes"] == 1
+    assert set(res["nvs"]) == {"model", "stitched", "stitched_decoded", "decode_reconstruct"}
+    assert all(v > 0 for v in res["point_error"].values())
+    text = markdown_mvdust3r(res, "python -m training.micro report --out run")
+    assert f"**{ranked[0]}**" in text and "not finetuned" in text and "--part mvdust3r" in text

@@ -259,7 +259,8 @@ def _check_args(args: argparse.Namespace) -> None:
     tiny = args.preset == "tiny"
     vae_size, model_size = default_sizes(args.model, tiny)
     if args.model == "mvdust3r":
-        conv = StitchingConfig.parse(args.config or default_stitching_config("mvdust3r", 1024))
+        text = args.config or (init_stitching_config(args.init_stitching) if args.init_stitching else None)
+        conv = StitchingConfig.parse(text or default_stitching_config("mvdust3r", 1024))
         check_resolutions(args.vae_size or vae_size, args.model_size or model_size, patch_size=16,
                           natural_conv=conv)
     else:
@@ -311,16 +312,30 @@ def _best_layer_file(folder: Path) -> Path:
     return path
 
 
-def load_stitching_init(path: str | Path, in_channels: int, temporal_factor: int = 4) -> tuple[StitchingLayer, str]:
-    """A find_stitching_layer output (folder -> its best layer, or a ``stitching_layer_<layer>.safetensors``) ->
-    (initialised :class:`StitchingLayer`, its layer name ``enc_blocks_k``)."""
-    from safetensors import safe_open
-
+def _stitching_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = _best_layer_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"--init-stitching {path}: no such file or folder")
+    return path
+
+
+def init_stitching_config(path: str | Path) -> str | None:
+    """The stitching config string recorded in a find_stitching_layer output (folder or file), read from the
+    file's metadata only (cheap: no tensor is loaded); None when it records none."""
+    from safetensors import safe_open
+
+    with safe_open(str(_stitching_file(path)), framework="pt") as fh:
+        return (fh.metadata() or {}).get("config")
+
+
+def load_stitching_init(path: str | Path, in_channels: int, temporal_factor: int = 4) -> tuple[StitchingLayer, str]:
+    """A find_stitching_layer output (folder -> its best layer, or a ``stitching_layer_<layer>.safetensors``) ->
+    (initialised :class:`StitchingLayer`, its layer name ``enc_blocks_k``)."""
+    from safetensors import safe_open
+
+    path = _stitching_file(path)
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)

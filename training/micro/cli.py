@@ -6,6 +6,10 @@ what is finished):
 * ``world``     render the dataset into ``<out>/world`` (shards; training/micro/shards.py)
 * ``vae``       train the micro video VAE -> ``<out>/vae/vae`` (diffusers ``AutoencoderKLWan`` folder)
 * ``model3d``   train the micro AnySplat -> ``<out>/model3d/anysplat`` (config.json + model.safetensors)
+* ``mvdust3r``  train the micro MVDUSt3R (the second 3D model: pointmaps + Gaussians, 64-px frames) ->
+  ``<out>/mvdust3r/mvdust3r`` (training/micro/mvdust3r.py)
+* ``stitch-mvdust3r``  layer search over its encoder blocks against the micro VAE's latents, then finetune the best
+  and the worst layer -> ``<out>/mvdust3r/search``, ``<out>/mvdust3r/finetune/<layer>/decoder``
 * ``search``    ``training.find_stitching_layer`` over every DINO block of the micro AnySplat against the micro
   VAE's latents -> ``<out>/search`` (ranking + a closed-form stitching layer per block)
 * ``finetune``  ``training.train_stitched_decoder`` (LoRA, self-supervised by the micro AnySplat) for every searched
@@ -111,6 +115,17 @@ def _model3d(args) -> int:
                          stop_after=args.stop_after)
 
 
+def _mvdust3r(args) -> int:
+    if _done(Path(args.out) / "mvdust3r" / "mvdust3r" / "model.safetensors", "mvdust3r"):
+        return 0
+    from .mvdust3r import MVDUSt3RTrainConfig, train_mvdust3r
+
+    _threads(args)
+    cfg = MVDUSt3RTrainConfig(steps=args.mvdust3r_steps, seed=args.seed)
+    return train_mvdust3r(_world_dir(args), Path(args.out) / "mvdust3r", cfg, progress=not args.quiet,
+                          stop_after=args.stop_after)
+
+
 def _search(args) -> int:
     from .. import find_stitching_layer
 
@@ -184,6 +199,54 @@ def _finetune(args) -> int:
         if args.stop_after is not None:
             argv += ["--stop-after", str(args.stop_after)]
         logger.info("finetune %s (%s init)", name, run["init"])
+        code = train_stitched_decoder.main(argv)
+        if code:
+            return code
+    return 0
+
+
+MVDUST3R_STITCHING = "conv3d_k5x3x3_o128_s1x2x2_p2x1x1"  # 8x8 latent -> the micro MVDUSt3R's 4x4 grid (64 px)
+MVDUST3R_SIZES = ["--views", "9", "--vae-size", "64", "--model-size", "64"]
+
+
+def _stitch_mvdust3r(args) -> int:
+    """Layer search over the micro MVDUSt3R's 6 encoder blocks, then finetuning of the best and the worst layer from
+    their closed-form initialisation -> ``<out>/mvdust3r/{search,finetune/<layer>}``."""
+    from .. import find_stitching_layer, train_stitched_decoder
+    from ..runtime import latest_checkpoint
+
+    p = _paths(args)
+    root = Path(args.out) / "mvdust3r"
+    model = root / "mvdust3r"
+    _need(p["vae"], "vae", args)
+    _need(model / "model.safetensors", "mvdust3r", args)
+    _threads(args)
+    quiet = ["--quiet"] if args.quiet else []
+    if not (root / "search" / "ranking.json").is_file():
+        code = find_stitching_layer.main(
+            ["--data", str(_world_dir(args)), "--model", "mvdust3r", "--model-path", str(model), "--vae", "wan",
+             "--vae-path", str(p["vae"]), "--config", MVDUST3R_STITCHING, "--layers", "enc", *MVDUST3R_SIZES,
+             "--samples", str(args.search_samples), "--heldout", str(args.search_heldout), "--seed", str(args.seed),
+             "--numerics", "ours", "--out", str(root / "search")] + quiet)
+        if code:
+            return code
+    ranked = [r["layer"] for r in ranking(root / "search")]
+    for layer in dict.fromkeys([ranked[0], ranked[-1]]):
+        out = root / "finetune" / layer
+        if (out / "decoder" / "model.safetensors").is_file():
+            logger.info("stitch-mvdust3r %s: done (%s)", layer, out / "decoder")
+            continue
+        argv = ["--recipe", "paper", "--data", str(_world_dir(args)), "--model", "mvdust3r", "--model-path",
+                str(model), "--vae-path", str(p["vae"]), "--init-stitching",
+                str(root / "search" / f"stitching_layer_{layer}.safetensors"), *MVDUST3R_SIZES, "--frames", "real",
+                "--steps", str(args.finetune_steps), "--warmup", str(max(1, args.finetune_steps // 15)),
+                "--lora-rank", "16", "--lora-alpha", "8", "--seed", str(args.seed), "--save-every", "250",
+                "--keep-last", "1", "--log-every", "250", "--output", str(out)] + quiet
+        if latest_checkpoint(out / "checkpoints") is not None:
+            argv.append("--resume")
+        if args.stop_after is not None:
+            argv += ["--stop-after", str(args.stop_after)]
+        logger.info("stitch-mvdust3r: finetune %s", layer)
         code = train_stitched_decoder.main(argv)
         if code:
             return code
@@ -322,7 +385,7 @@ def _clip(args) -> int:
 
 
 def _all(args) -> int:
-    for stage in ("world", "vae", "model3d", "search", "finetune", "scorer", "t2v", "align", "judge",
+    for stage in ("world", "vae", "model3d", "search", "finetune", "mvdust3r", "stitch-mvdust3r", "scorer", "t2v", "align", "judge",
                   "ablate-cameras", "report"):
         logger.info("== stage %s", stage)
         code = STAGES[stage](args)
@@ -331,7 +394,7 @@ def _all(args) -> int:
     return 0
 
 
-STAGES = {"world": _world, "vae": _vae, "model3d": _model3d, "search": _search, "finetune": _finetune,
+STAGES = {"world": _world, "vae": _vae, "model3d": _model3d, "mvdust3r": _mvdust3r, "stitch-mvdust3r": _stitch_mvdust3r, "search": _search, "finetune": _finetune,
           "scorer": _scorer, "t2v": _t2v, "align": _align, "judge": _judge, "ablate-cameras": _ablate_cameras,
           "report": _report, "ship": _ship, "clip": _clip, "all": _all}
 
@@ -357,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--vae-steps", type=int, default=3000)
     t.add_argument("--model3d-steps", type=int, default=3500)
+    t.add_argument("--mvdust3r-steps", type=int, default=2400)
     t.add_argument("--search-samples", type=int, default=800, help="training clips of the layer search")
     t.add_argument("--search-heldout", type=int, default=200, help="held-out clips of the layer search")
     t.add_argument("--finetune-steps", type=int, default=1000)
@@ -372,10 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("report / ship")
     r.add_argument("--report-scenes", type=int, default=60, help="held-out scenes for the NVS tables")
     r.add_argument("--noise-scenes", type=int, default=24, help="held-out scenes for the noise curves")
-    r.add_argument("--part", choices=["all", "2", "text"], default="all",
+    r.add_argument("--part", choices=["all", "2", "text", "mvdust3r"], default="all",
                    help="report: 'all' measures everything; '2' keeps the earlier report's part-1 numbers and adds "
                         "the text-to-3D part (after the t2v, scorer, judge and align stages); 'text' rewrites the "
-                        "markdown from the saved results.json")
+                        "markdown from the saved results.json; 'mvdust3r' keeps them and measures the MVDUSt3R "
+                        "section (after the mvdust3r and stitch-mvdust3r stages)")
     r.add_argument("--t2v-prompts", type=int, default=24, help="held-out prompts per split for text to 3D")
     r.add_argument("--docs", default=None, help="also write <docs>/micro_world.md and <docs>/micro_world/*.png")
     r.add_argument("--to", default=None, help="ship: destination (default vist3a/weights/micro of this checkout)")

@@ -28,11 +28,12 @@ from ..eval_nvs import map_targets, render_views
 from ..metrics import psnr, ssim
 from .shards import MicroScenes, to_model_size
 
-__all__ = ["METHODS", "NVSResult", "decode_latent", "encode_clip", "nvs_scores", "predict", "scene_nvs", "spearman"]
+__all__ = ["METHODS", "NVSResult", "decode_latent", "encode_clip", "model_input_size", "nvs_scores", "predict",
+           "scene_nvs", "spearman"]
 
 logger = logging.getLogger("vist3a.micro")
 
-METHODS = ("anysplat", "stitched", "decode_reconstruct")
+METHODS = ("anysplat", "model", "stitched", "decode_reconstruct")
 
 
 class NVSResult(dict):
@@ -53,23 +54,31 @@ def decode_latent(vae, z: Tensor, size: int) -> Tensor:
     return to_model_size(x.permute(0, 2, 1, 3, 4), size)
 
 
+def model_input_size(model, video_size: int) -> int:
+    """The frame size a micro 3D model reads: AnySplat its aggregator's ``img_size`` (56), MVDUSt3R the video's own
+    size (64: a multiple of its patch 16, no resize)."""
+    agg = getattr(model.config, "aggregator", None)
+    return int(agg.img_size) if agg is not None else int(video_size)
+
+
 @torch.no_grad()
 def predict(method: str, item: dict, *, model=None, decoder=None, vae=None, alpha: float = 0.0,
             head_frames: str = "decoded", seed: int = 0):
     """One scene's prediction (``.gaussians[0]``, ``.cameras[0]``) by ``method``:
 
-    * ``anysplat``: the micro AnySplat on the 9 clean frames at 56 px (``alpha`` must be 0);
+    * ``anysplat``: the micro 3D model (AnySplat, or MVDUSt3R) on the 9 clean frames at its input size (56 / 64
+      px; ``alpha`` must be 0); ``model`` is the same (a name that fits MVDUSt3R);
     * ``stitched``: the stitched decoder on the (noisy) latent; its pixel-reading heads get the VAE-decoded frames
       (``head_frames="decoded"``, as in text-to-3D) or the clean frames (``"input"``, as in video-to-3D);
     * ``decode_reconstruct``: the (noisy) latent VAE-decoded, resized to 56, then the micro AnySplat.
     """
     f = int(item["clip_frames"])
     clip = item["frames"][:f]
-    s = (model.config.aggregator.img_size if model is not None else
+    s = (model_input_size(model, clip.shape[-1]) if model is not None else
          decoder.model_size_for((clip.shape[-2], clip.shape[-1]))[0])
-    if method == "anysplat":
+    if method in ("anysplat", "model"):
         if alpha:
-            raise ValueError("predict: the 'anysplat' method reads clean frames; use decode_reconstruct for noise")
+            raise ValueError(f"predict: the {method!r} method reads clean frames; use decode_reconstruct for noise")
         return model.predict(to_model_size(clip, s)[None])
     z = encode_clip(vae, clip)
     if alpha:

@@ -33,9 +33,10 @@ from vist3a.io.atomic import atomic_path, atomic_write
 
 from ..plots import plot_curves
 from .evaluate import nvs_scores, predict, spearman
+from .mvdust3r_report import collect_mvdust3r, markdown_mvdust3r
 from .shards import MANIFEST, TIMING, MicroScenes, to_model_size
 
-__all__ = ["NOISE_ALPHAS", "collect", "write_report"]
+__all__ = ["NOISE_ALPHAS", "collect", "document", "write_report"]
 
 logger = logging.getLogger("vist3a.micro")
 
@@ -506,6 +507,17 @@ def _world_line(w: dict) -> str:
     return f"generated in {_mins(w.get('wall_s'))} of wall time ({w.get('source')})"
 
 
+def document(res: dict, images: str, command: str) -> str:
+    """The whole report as markdown: part 1 (:func:`markdown`), then the text-to-3D part and the MVDUSt3R section
+    when ``res`` holds them; ``images``: the PNG folder relative to the markdown file."""
+    text = markdown(res, images, command)
+    if res.get("t2v"):
+        text += "\n" + markdown_t2v(res["t2v"], command)
+    if res.get("mvdust3r"):
+        text += "\n" + markdown_mvdust3r(res["mvdust3r"], command)
+    return text
+
+
 def write_report(run: str | Path, world: str | Path, *, scenes: int = 200, noise_scenes: int = 60,
                  docs: str | Path | None = None, progress: bool = True, t2v_prompts: int = 40,
                  part: str = "all") -> Path:
@@ -513,12 +525,13 @@ def write_report(run: str | Path, world: str | Path, *, scenes: int = 200, noise
 
     ``part``: ``"all"`` measures everything; ``"2"`` keeps the part-1 measurements of an earlier report
     (``<run>/report/results.json``, e.g. made before the text-to-video stages finished) and measures part 2 only;
-    ``"text"`` measures nothing and rewrites the markdown from the saved results."""
+    ``"text"`` measures nothing and rewrites the markdown from the saved results; ``"mvdust3r"`` keeps the saved
+    results and measures the MVDUSt3R section only (:mod:`training.micro.mvdust3r_report`)."""
     run = Path(run)
     out = run / "report"
-    if part not in ("all", "2", "text"):
-        raise ValueError(f"write_report: part must be 'all', '2' or 'text', not {part!r}")
-    if part == "text":  # rewrite the markdown from the saved results; measures nothing
+    if part not in ("all", "2", "text", "mvdust3r"):
+        raise ValueError(f"write_report: part must be 'all', '2', 'text' or 'mvdust3r', not {part!r}")
+    if part in ("text", "mvdust3r"):  # the saved results; 'text' measures nothing, 'mvdust3r' that section only
         if not (out / "results.json").is_file():
             raise FileNotFoundError(f"{out / 'results.json'} is missing: run the report once with --part all")
         res = json.loads((out / "results.json").read_text())
@@ -533,20 +546,21 @@ def write_report(run: str | Path, world: str | Path, *, scenes: int = 200, noise
     if ablation.is_file():
         res["camera_ablation"] = json.loads(ablation.read_text())
     command = f"python -m training.micro report --out {run}" + (f" --docs {docs}" if docs else "")
-    part2 = ""
-    if part == "text":
-        part2 = "\n" + markdown_t2v(res["t2v"], command) if res.get("t2v") else ""
-    elif (run / "align" / "lora_ema" / "adapter_model.safetensors").is_file() and (run / "judge" /
-                                                                                   "judge.safetensors").is_file():
-        res["t2v"] = collect_t2v(run, world, prompts=t2v_prompts, progress=progress)
-        part2 = "\n" + markdown_t2v(res["t2v"], command)
-    else:
-        logger.info("report: no aligned micro Wan / judge yet in %s: the text-to-3D part is left out", run)
+    if part in ("all", "mvdust3r"):
+        mvd = collect_mvdust3r(run, world, scenes=scenes, progress=progress)
+        if mvd is not None:
+            res["mvdust3r"] = mvd
+    if part in ("all", "2"):
+        if (run / "align" / "lora_ema" / "adapter_model.safetensors").is_file() and (run / "judge" /
+                                                                                     "judge.safetensors").is_file():
+            res["t2v"] = collect_t2v(run, world, prompts=t2v_prompts, progress=progress)
+        else:
+            logger.info("report: no aligned micro Wan / judge yet in %s: the text-to-3D part is left out", run)
     with atomic_write(out / "results.json", "w") as fh:
         json.dump(res, fh, indent=1)
         fh.write("\n")
     with atomic_write(out / "report.md", "w") as fh:
-        fh.write(markdown(res, ".", command) + part2)
+        fh.write(document(res, ".", command))
     if docs:
         d = Path(docs)
         (d / "micro_world").mkdir(parents=True, exist_ok=True)
@@ -557,6 +571,6 @@ def write_report(run: str | Path, world: str | Path, *, scenes: int = 200, noise
                 k: {kk: vv for kk, vv in e.items() if kk != "curve"} for k, e in res["init"].items()}}, fh, indent=1)
             fh.write("\n")
         with atomic_write(d / "micro_world.md", "w") as fh:
-            fh.write(markdown(res, "micro_world", command) + part2)
+            fh.write(document(res, "micro_world", command))
     logger.info("report written to %s", out)
     return out

@@ -15,6 +15,8 @@ Writes, each model in float16 (loaded back as float32):
   measure of text adherence);
 * ``lora/``     the DRTune-aligned EMA LoRA of the transformer (PEFT folder, as the published ``vist3a_*_lora_ema``;
   when the run has ``align/lora_ema`` from a finished align stage);
+* ``mvdust3r/`` and ``decoder_mvdust3r/`` the micro MVDUSt3R and its best stitched decoder (LoRA on
+  ``../mvdust3r``), when the run has the ``mvdust3r`` and ``stitch-mvdust3r`` stages;
 * ``README.md`` the model cards (data, command, seed, steps, wall time on the machine that trained them, metrics
   from the run's report).
 
@@ -35,8 +37,8 @@ import torch
 
 from vist3a.io.atomic import atomic_write
 
-__all__ = ["default_destination", "micro_vocabulary_by_kind", "model_cards", "ship", "ship_text_to_video",
-           "t2v_cards"]
+__all__ = ["default_destination", "micro_vocabulary_by_kind", "model_cards", "mvdust3r_cards", "ship",
+           "ship_mvdust3r", "ship_text_to_video", "t2v_cards"]
 
 logger = logging.getLogger("vist3a.micro")
 
@@ -69,12 +71,8 @@ def ship(run: str | Path, to: str | Path | None = None) -> Path:
 
     from vist3a.models import from_pretrained
     from vist3a.models.loading import save_pretrained
-    from vist3a.stitching import StitchedDecoder
-    from vist3a.stitching.checkpoint import save_decoder
-    from vist3a.stitching.lora import add_lora
 
-    from ..runtime import latest_checkpoint, load_training_state
-    from ..train_stitched_decoder import _lora_targets, load_stitching_init
+    from ..runtime import latest_checkpoint
     from .cli import ranking
 
     run = Path(run)
@@ -86,10 +84,8 @@ def ship(run: str | Path, to: str | Path | None = None) -> Path:
                                 "model cards quote its numbers)")
     best = ranking(run / "search")[0]["layer"]
     ft = run / "finetune" / best
-    ckpt = latest_checkpoint(ft / "checkpoints")
-    if ckpt is None:
+    if latest_checkpoint(ft / "checkpoints") is None:
         raise FileNotFoundError(f"{ft}/checkpoints has no checkpoint; finish the finetune stage first")
-    train_cfg = json.loads((ft / "train_config.json").read_text())
 
     tmp = _staging(dest, "vae")
     AutoencoderKLWan.from_pretrained(str(run / "vae" / "vae")).to(torch.float16).save_pretrained(
@@ -99,10 +95,36 @@ def ship(run: str | Path, to: str | Path | None = None) -> Path:
     tmp = _staging(dest, "anysplat")
     save_pretrained(from_pretrained(run / "model3d" / "anysplat").half(), tmp)
     _replace_dir(tmp, dest / "anysplat")
+    finetune_steps = _ship_decoder(dest, "anysplat", "decoder", run / "search", ft, best,
+                                   "vist3a micro AnySplat (vist3a/weights/micro/anysplat)")
+    t2v = ship_text_to_video(run, dest)
+    mvd = ship_mvdust3r(run, dest)
+    results = json.loads(report.read_text())
+    with atomic_write(dest / "README.md", "w") as fh:
+        fh.write(model_cards(run, results, best, finetune_steps) + (t2v_cards(run, results) if t2v else "")
+                 + (mvdust3r_cards(run, results, *mvd) if mvd else ""))
+    logger.info("shipped the micro models of %s to %s", run, dest)
+    return dest
 
-    base = from_pretrained(dest / "anysplat", model="anysplat").float()
-    layer, cut = load_stitching_init(run / "search" / f"stitching_layer_{best}.safetensors", 16)
-    student = StitchedDecoder(copy.deepcopy(base), cut, layer)
+
+def _ship_decoder(dest: Path, base_part: str, part: str, search: Path, ft: Path, layer: str, base_id: str) -> int:
+    """Rebuild a finetuning run's decoder from its last checkpoint on the SHIPPED (float16-rounded) base model
+    ``dest/base_part`` and write it as the ``weights: "lora"`` variant into ``dest/part``. Returns its step count."""
+    from vist3a.models import from_pretrained
+    from vist3a.stitching import StitchedDecoder
+    from vist3a.stitching.checkpoint import save_decoder
+    from vist3a.stitching.lora import add_lora
+
+    from ..runtime import latest_checkpoint, load_training_state
+    from ..train_stitched_decoder import _lora_targets, load_stitching_init
+
+    ckpt = latest_checkpoint(ft / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{ft}/checkpoints has no checkpoint; finish the finetuning first")
+    train_cfg = json.loads((ft / "train_config.json").read_text())
+    base = from_pretrained(dest / base_part).float()
+    stitching, cut = load_stitching_init(search / f"stitching_layer_{layer}.safetensors", 16)
+    student = StitchedDecoder(copy.deepcopy(base), cut, stitching)
     add_lora(student, r=int(train_cfg["lora_rank"]), alpha=float(train_cfg["lora_alpha"]),
              target_modules=_lora_targets(student))
     state = load_training_state(ckpt)
@@ -113,17 +135,73 @@ def ship(run: str | Path, to: str | Path | None = None) -> Path:
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(state.tensors[name])
-    student.base_id = "vist3a micro AnySplat (vist3a/weights/micro/anysplat)"
-    tmp = _staging(dest, "decoder")
-    save_decoder(student.eval(), tmp, dtype=torch.float16, video_size=64, base_source="../anysplat")
-    _replace_dir(tmp, dest / "decoder")
+    student.base_id = base_id
+    tmp = _staging(dest, part)
+    save_decoder(student.eval(), tmp, dtype=torch.float16, video_size=64, base_source=f"../{base_part}")
+    _replace_dir(tmp, dest / part)
+    return int(state.step)
 
-    t2v = ship_text_to_video(run, dest)
-    results = json.loads(report.read_text())
-    with atomic_write(dest / "README.md", "w") as fh:
-        fh.write(model_cards(run, results, best, int(state.step)) + (t2v_cards(run, results) if t2v else ""))
-    logger.info("shipped the micro models of %s to %s", run, dest)
-    return dest
+
+def ship_mvdust3r(run: Path, dest: Path) -> tuple[str, int] | None:
+    """``mvdust3r/`` (the micro MVDUSt3R, float16) and ``decoder_mvdust3r/`` (its best stitched decoder as LoRA on
+    ``../mvdust3r``) when the run has them; returns (best layer, finetuning steps) or None."""
+    from vist3a.models import from_pretrained
+    from vist3a.models.loading import save_pretrained
+
+    from ..runtime import latest_checkpoint
+    from .cli import ranking
+
+    root = run / "mvdust3r"
+    if not (root / "search" / "ranking.json").is_file():
+        logger.warning("%s has no stitched micro MVDUSt3R: not shipping it", run)
+        return None
+    best = ranking(root / "search")[0]["layer"]
+    if latest_checkpoint(root / "finetune" / best / "checkpoints") is None:
+        logger.warning("%s: the micro MVDUSt3R's best layer %s is not finetuned: not shipping it", run, best)
+        return None
+    tmp = _staging(dest, "mvdust3r")
+    save_pretrained(from_pretrained(root / "mvdust3r").half(), tmp)
+    _replace_dir(tmp, dest / "mvdust3r")
+    steps = _ship_decoder(dest, "mvdust3r", "decoder_mvdust3r", root / "search", root / "finetune" / best, best,
+                          "vist3a micro MVDUSt3R (vist3a/weights/micro/mvdust3r)")
+    return best, steps
+
+
+def mvdust3r_cards(run: Path, res: dict, best: str, finetune_steps: int) -> str:
+    """The model cards of ``mvdust3r/`` and ``decoder_mvdust3r/`` (numbers from the report's MVDUSt3R section)."""
+    steps, seconds = _steps(run / "mvdust3r" / "metrics.jsonl")
+    _, ft_time = _steps(run / "mvdust3r" / "finetune" / best / "metrics.jsonl")
+    m = res.get("mvdust3r")
+    if not m:
+        raise ValueError("the report has no MVDUSt3R section: run `python -m training.micro report --out "
+                         f"{run} --part mvdust3r` before shipping")
+    n, pe = m["nvs"], m["point_error"]
+
+    def nv(r: dict) -> str:
+        return f"PSNR {r['psnr']:.2f} dB / SSIM {r['ssim']:.3f}"
+
+    return f"""
+## mvdust3r/ - micro MVDUSt3R (the second 3D model)
+
+This pack's `vist3a.models.MVDUSt3R` (MV-DUSt3R, one reference view): CroCo encoder width 128 x 6 blocks, decoder
+width 128 x 4 blocks, patch 16 on 64x64 frames (4x4 tokens), pointmap head with a 16-channel skip branch, Gaussian
+head (one Gaussian per pixel, colours from the input frames), scale clip (1e-3, 0.05) mean distances (released:
+(1e-4, 4e-3), sized for 224 px), {m['params_m']:.2f}M parameters. Trained {(steps or -1) + 1} steps from scratch
+(`python -m training.micro mvdust3r`; one scene of 9 views per step; DUSt3R's confidence-aware pointmap regression in
+view 0's frame against the ground truth, and from step 300 the photometric L1 + SSIM of its Gaussians rendered at the
+true cameras of 1 input and 1 held-out view; AdamW 3e-4, cosine), {_fmt_min(seconds)}. On {m['scenes']} held-out
+scenes at 64 px: novel-view synthesis **{nv(n['model'])}** (cameras estimated from its pointmap), normalised point
+error **{pe['model']:.3f}**.
+
+## decoder_mvdust3r/ - micro stitched MVDUSt3R (`--preset micro --micro-model mvdust3r`, ComfyUI `micro-mvdust3r`)
+
+The micro MVDUSt3R cut at **{best}** (best of its 6 encoder blocks in the closed-form search) and fed from the micro
+VAE's latents by one Conv3d stitching layer (`conv3d_k5x3x3_o128_s1x2x2_p2x1x1`: the 8x8 latent gives its 4x4 token
+grid), finetuned {finetune_steps} steps with LoRA (r 16, alpha 8) against the micro MVDUSt3R's outputs on the real
+frames (`python -m training.micro stitch-mvdust3r`), {_fmt_min(ft_time)}. Stored as LoRA on `../mvdust3r`. Gives
+Gaussians and a pointmap. Held-out, from latents: **{nv(n['stitched'])}** (colours from the input frames),
+{nv(n['stitched_decoded'])} (colours from the VAE-decoded frames), point error {pe['stitched']:.3f}.
+"""
 
 
 def micro_vocabulary_by_kind() -> dict[str, list[str]]:
