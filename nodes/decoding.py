@@ -30,6 +30,9 @@ TINY_MVDUST3R = "tiny-mvdust3r (untrained, tests only)"
 #: tiny entry -> model kind
 TINY_KINDS = {TINY: "anysplat", TINY_VGGT: "vggt", TINY_MVDUST3R: "mvdust3r"}
 MICRO = "micro-anysplat (trained on the micro world, 64x64 x 9 frames)"
+MICRO_MVDUST3R = "micro-mvdust3r (trained on the micro world, 64x64 x 9 frames; splats + pointmap)"
+#: micro entry -> the shipped micro 3D model it stitches
+MICRO_KINDS = {MICRO: "anysplat", MICRO_MVDUST3R: "mvdust3r"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -90,10 +93,10 @@ def check_decoder_available(decoder: str) -> None:
 
     if decoder in TINY_KINDS:
         return
-    if decoder == MICRO:
-        from vist3a.pipeline.presets import micro_path
+    if decoder in MICRO_KINDS:
+        from vist3a.pipeline.presets import micro_decoder_parts, micro_path
 
-        for part in ("vae", "anysplat", "decoder"):
+        for part in ("vae", *micro_decoder_parts(MICRO_KINDS[decoder])):
             micro_path(part)
         return
     folder = _comfy.model_folder()
@@ -143,11 +146,11 @@ def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "a
         model = tiny_decoder(0, TINY_KINDS[decoder])
         bundled_vae = tiny_video_vae("wan", seed=0).vae.eval()
         untrained = True
-    elif decoder == MICRO:
+    elif decoder in MICRO_KINDS:
         from vist3a.pipeline.presets import micro_decoder, micro_video_vae
 
         try:
-            model, bundled_vae = micro_decoder(), micro_video_vae()
+            model, bundled_vae = micro_decoder(MICRO_KINDS[decoder]), micro_video_vae()
         except FileNotFoundError as err:
             raise ValueError(f"{node}: {err}") from None
     elif decoder in (PUBLISHED, PUBLISHED_21):
@@ -183,9 +186,10 @@ def build_decoder(node: str, decoder: str, dtype: str = "auto", device: str = "a
 class LoadStitchedDecoder:
     DESCRIPTION = ("Loads a VIST3A stitched 3D decoder (AnySplat, VGGT or MVDUSt3R stitched into the Wan 2.1 VAE "
                    "latent space) from models/vist3a/ (any decoder folder written by the training scripts), or downloads the published HJGO/VIST3A decoder and its base "
-                   "lhjiang/anysplat into that folder on first use. micro-anysplat is a small decoder shipped with the pack, "
-                   "trained on the micro world (coloured primitives on a textured ground, 64x64 video); the tiny "
-                   "entries are untrained test models.")
+                   "lhjiang/anysplat into that folder on first use. micro-anysplat and micro-mvdust3r are small "
+                   "decoders shipped with the pack, trained on the micro world (coloured primitives on a textured "
+                   "ground, 64x64 video; micro-mvdust3r also gives a pointmap); the tiny entries are untrained test "
+                   "models.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (DECODER,)
@@ -194,11 +198,13 @@ class LoadStitchedDecoder:
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = [PUBLISHED, PUBLISHED_21, *_comfy.local_decoders(), MICRO, TINY, TINY_VGGT, TINY_MVDUST3R]
+        names = [PUBLISHED, PUBLISHED_21, *_comfy.local_decoders(), MICRO, MICRO_MVDUST3R, TINY, TINY_VGGT,
+                 TINY_MVDUST3R]
         return {"required": {
             "decoder": (names, _tip("Published HJGO/VIST3A decoder (downloaded into models/vist3a/ on first use), a "
-                                    "file/folder from models/vist3a/, the shipped micro-world decoder (micro-anysplat, "
-                                    "with its own VAE), or a tiny untrained test model.")),
+                                    "file/folder from models/vist3a/, a shipped micro-world decoder (micro-anysplat: "
+                                    "splats + cameras; micro-mvdust3r: splats + pointmap; both with their own VAE), "
+                                    "or a tiny untrained test model.")),
             "dtype": (["auto", "fp32", "bf16", "fp16"],
                       _tip("Weights precision; auto keeps fp32 (published). bf16 halves memory.")),
             "device": (["auto", "cpu"], _tip("auto: ComfyUI's GPU with offloading; cpu: always on the CPU.")),

@@ -319,9 +319,9 @@ def _check_models(args: argparse.Namespace, kind: str) -> None:
     )
 
     if args.preset == "micro":
-        from .pipeline.presets import micro_path
+        from .pipeline.presets import micro_decoder_parts, micro_path
 
-        for part in ("vae", "anysplat", "decoder"):
+        for part in ("vae", *micro_decoder_parts(args.micro_model)):
             micro_path(part)
         return
     lora = getattr(args, "lora", None)
@@ -335,6 +335,8 @@ def _check_models(args: argparse.Namespace, kind: str) -> None:
 
 
 def _check_preset(args: argparse.Namespace, model_flags: tuple[str, ...]) -> None:
+    if getattr(args, "micro_model", None) is not None and args.preset != "micro":
+        raise ValueError("--micro-model chooses the shipped micro decoder; use it with --preset micro")
     if args.preset == "micro":
         given = [f"--{f.replace('_', '-')}" for f in (*model_flags, "decoder", "lora")
                  if getattr(args, f, None) is not None]
@@ -406,7 +408,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if device != "cpu":
             pipe.to(device)
     elif args.preset == "micro":
-        pipe = TextTo3DPipeline.micro()
+        pipe = TextTo3DPipeline.micro(model3d=args.micro_model or "anysplat")
         if device != "cpu":
             pipe.to(device)
     else:
@@ -478,7 +480,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.preset == "tiny":
         pipe = VideoTo3DPipeline.tiny(seed=0, decoder=args.decoder)
     elif args.preset == "micro":
-        pipe = VideoTo3DPipeline.micro()
+        pipe = VideoTo3DPipeline.micro(args.micro_model or "anysplat")
     else:
         pipe = VideoTo3DPipeline.from_pretrained(wan=args.wan or "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                                                  decoder=args.decoder, base=args.base, dtype=dtype,
@@ -561,6 +563,10 @@ def _add_common(p: argparse.ArgumentParser, presets: tuple[str, ...] = ("tiny",)
                    help="one Gaussian per pixel even when the base AnySplat config voxelises (default: follow it, "
                         "like the official loader)")
     p.add_argument("--preset", choices=presets, help=" ".join(_PRESET_HELP[k] for k in presets))
+    if "micro" in presets:
+        p.add_argument("--micro-model", choices=("anysplat", "mvdust3r"),
+                       help="with --preset micro: the shipped micro 3D model the decoder stitches: anysplat (default; "
+                            "splats + cameras) or mvdust3r (splats + pointmap; write the pointmap with --pointmap)")
 
 
 _PRESET_HELP = {"tiny": "tiny: small UNTRAINED random models, CPU, offline, seconds; shows the plumbing only.",

@@ -33,6 +33,8 @@ __all__ = [
     "TINY_WARNING",
     "micro_anysplat",
     "micro_decoder",
+    "micro_decoder_parts",
+    "micro_mvdust3r",
     "micro_path",
     "micro_prompt_note",
     "micro_video_vae",
@@ -146,12 +148,16 @@ MICRO_SETTINGS = GenerationSettings(num_frames=9, height=64, width=64, num_infer
 _MICRO_PARTS = {"vae": "diffusion_pytorch_model.safetensors", "anysplat": "model.safetensors",
                 "decoder": "model.safetensors", "transformer": "diffusion_pytorch_model.safetensors",
                 "text_encoder": "model.safetensors", "tokenizer": "tokenizer.json",
-                "lora": "adapter_model.safetensors"}
+                "lora": "adapter_model.safetensors", "mvdust3r": "model.safetensors",
+                "decoder_mvdust3r": "model.safetensors"}
+#: the shipped micro 3D models a micro decoder can stitch: AnySplat (splats + cameras, the default) or MVDUSt3R
+#: (splats + pointmap; its cameras are estimated from the pointmap)
+MICRO_MODELS = ("anysplat", "mvdust3r")
 
 
 def micro_path(part: str) -> Path:
-    """The folder of a shipped micro model (``"vae"``, ``"anysplat"`` or ``"decoder"``); FileNotFoundError naming
-    the fix when it is not installed."""
+    """The folder of a shipped micro model (``"vae"``, ``"anysplat"``, ``"decoder"``, ``"mvdust3r"``,
+    ``"decoder_mvdust3r"``, ...); FileNotFoundError naming the fix when it is not installed."""
     if part not in _MICRO_PARTS:
         raise ValueError(f"micro_path: unknown part {part!r}; one of {sorted(_MICRO_PARTS)}")
     folder = MICRO_WEIGHTS / part
@@ -177,12 +183,28 @@ def micro_anysplat():
     return from_pretrained(micro_path("anysplat"), model="anysplat", dtype=torch.float32)
 
 
-def micro_decoder():
-    """The shipped micro stitched decoder (the micro AnySplat + its LoRA and stitching layer, merged; eval)."""
+def micro_mvdust3r():
+    """The shipped micro MVDUSt3R (:class:`vist3a.models.MVDUSt3R`, 64-px frames, float32, eval)."""
+    from ..models import from_pretrained
+
+    return from_pretrained(micro_path("mvdust3r"), model="mvdust3r", dtype=torch.float32)
+
+
+def micro_decoder_parts(model3d: str = "anysplat") -> tuple[str, str]:
+    """(base model part, decoder part) of the shipped micro decoder stitching ``model3d`` (:data:`MICRO_MODELS`)."""
+    if model3d not in MICRO_MODELS:
+        raise ValueError(f"micro decoder: unknown 3D model {model3d!r}; the micro world ships {', '.join(MICRO_MODELS)}")
+    return (model3d, "decoder" if model3d == "anysplat" else f"decoder_{model3d}")
+
+
+def micro_decoder(model3d: str = "anysplat"):
+    """The shipped micro stitched decoder of ``model3d``: the micro AnySplat (default; splats + cameras) or the micro
+    MVDUSt3R (splats + pointmap), with its LoRA and stitching layer merged; eval."""
     from ..stitching import load_decoder
 
-    micro_path("anysplat")
-    return load_decoder(micro_path("decoder"), dtype=torch.float32)
+    base, part = micro_decoder_parts(model3d)
+    micro_path(base)
+    return load_decoder(micro_path(part), dtype=torch.float32)
 
 
 def micro_wan_pipeline(lora: bool = True):

@@ -135,10 +135,11 @@ class TextTo3DPipeline:
         return cls(wan, dec, TINY_SETTINGS, untrained=True)
 
     @classmethod
-    def micro(cls, lora: bool = True) -> TextTo3DPipeline:
+    def micro(cls, lora: bool = True, model3d: str = "anysplat") -> TextTo3DPipeline:
         """``--preset micro``: the shipped micro models trained on the micro world (micro Wan + its DRTune LoRA +
-        the micro stitched decoder; :mod:`vist3a.pipeline.presets`): 9 frames of 64x64, 20 steps; CPU, offline,
-        seconds. Prompts are checked against the micro world's vocabulary (unknown words are logged)."""
+        the micro stitched decoder of ``model3d``, ``"anysplat"`` or ``"mvdust3r"``; :mod:`vist3a.pipeline.presets`):
+        9 frames of 64x64, 20 steps; CPU, offline, seconds. Prompts are checked against the micro world's vocabulary
+        (unknown words are logged). The DRTune LoRA was aligned with the AnySplat decoder."""
         from .presets import (
             MICRO_SETTINGS,
             micro_decoder,
@@ -146,7 +147,8 @@ class TextTo3DPipeline:
             micro_wan_pipeline,
         )
 
-        pipe = cls(micro_wan_pipeline(lora=lora), micro_decoder(), MICRO_SETTINGS)
+        decoder = micro_decoder(model3d)  # checks model3d before the Wan loads
+        pipe = cls(micro_wan_pipeline(lora=lora), decoder, MICRO_SETTINGS)
         pipe.prompt_note = micro_prompt_note
         return pipe
 

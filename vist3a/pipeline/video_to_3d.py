@@ -74,13 +74,14 @@ class VideoTo3DPipeline:
         return cls(tiny_video_vae("wan", seed=seed).vae, dec, s.num_frames, s.height, s.width, untrained=True)
 
     @classmethod
-    def micro(cls) -> VideoTo3DPipeline:
+    def micro(cls, model3d: str = "anysplat") -> VideoTo3DPipeline:
         """The shipped micro models (trained on the micro world, :mod:`vist3a.pipeline.presets`): 9 frames of 64x64
-        -> the micro VAE's latent mean -> the micro stitched AnySplat. CPU, offline, about a second."""
+        -> the micro VAE's latent mean -> the micro stitched AnySplat (``model3d="mvdust3r"``: the micro stitched
+        MVDUSt3R, splats + pointmap). CPU, offline, about a second."""
         from .presets import MICRO_SETTINGS, micro_decoder, micro_video_vae
 
         s = MICRO_SETTINGS
-        return cls(micro_video_vae(), micro_decoder(), s.num_frames, s.height, s.width, sample=False)
+        return cls(micro_video_vae(), micro_decoder(model3d), s.num_frames, s.height, s.width, sample=False)
 
     def to(self, device: str | torch.device) -> VideoTo3DPipeline:
         check_device(str(device), "device")
