@@ -18,14 +18,29 @@ Models: ``--preset micro`` (trained on the micro world: meaningful differences; 
 ``--preset tiny`` (random weights: the numbers show how the speed-ups perturb the sampling, not image quality).
 The GPU-size run (Wan 1.3B at 512x512, 13 frames, 50 steps) is part of ``bench/gpu_suite.py``.
 
+``--judge N`` (micro only) instead judges whole text -> 3D runs against the micro world's ground truth: for the
+first N held-out prompts of each of ``--judge-splits`` (``training.micro.adherence.held_out_specs``: the ``test``
+captions, and the ``novel`` ones whose colour x shape pairs were never trained on), the shipped micro pipeline
+(micro Wan + its DRTune LoRA + the shipped micro stitched decoder) generates a scene with the default and with
+``fast=True`` on the same seed (seed k for prompt k, plus ``--judge-seeds`` - 1 more per prompt; default and fast
+interleaved per prompt). Each scene is rendered at its own predicted cameras of views 0, 4, 8 (56 px) and read by
+the shipped ground-truth judge (``vist3a/weights/micro/judge``): object count correct, colour-set F1, shape-set F1,
+all exact; 3D consistency = PSNR between those renders and the scene's decoded frames
+(``training.micro.adherence.judge_scene``). Reported: the means for default and fast, fast - default with the
+standard error of the paired per-prompt differences, the frames PSNR of fast against default, and the time of each.
+
     python bench/bench_fast_path.py [--preset tiny|micro] [--repeats 3] [--seeds 2] [--steps N]
+    python bench/bench_fast_path.py --preset micro --judge 12 [--judge-splits test novel] [--judge-seeds 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -134,6 +149,77 @@ def decoder_bf16_quality(decoder, settings, seed: int = 0, device="cpu") -> dict
     return out
 
 
+JUDGE_KEYS = ("count", "colour_f1", "shape_f1", "exact", "consistency_psnr")
+
+
+def judge_fast_path(pipe, judge, specs, seeds: int = 1) -> dict:
+    """Judge the default and the fast path on ``specs`` (prompt k gets seeds ``k * seeds ... k * seeds + seeds - 1``,
+    the same for both). Returns {"default" / "fast": [per-run judge_scene dicts + "seconds"], "frames_psnr": [fast
+    vs default frames, dB per run]}."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's training package
+    from training.micro.adherence import judge_scene
+    from training.micro.shards import to_model_size
+
+    out = {"default": [], "fast": [], "frames_psnr": []}
+    for fast in (False, True):  # warm-up (lazy imports, allocator, the cache hooks), not counted
+        pipe(specs[0].caption, seed=0, progress=False, fast=fast)
+    for k, spec in enumerate(specs):
+        for j in range(seeds):
+            seed = k * seeds + j
+            scenes = {}
+            for name, fast in (("default", False), ("fast", True)):  # interleaved per prompt
+                t0 = time.perf_counter()
+                scene = pipe(spec.caption, seed=seed, progress=False, fast=fast)
+                seconds = time.perf_counter() - t0
+                row = judge_scene(judge, scene.gaussians, scene.cameras, to_model_size(scene.frames, 56), spec)
+                out[name].append(row | {"seconds": seconds})
+                scenes[name] = scene
+            out["frames_psnr"].append(psnr(scenes["fast"].frames, scenes["default"].frames))
+    return out
+
+
+def judge_table(res: dict, title: str) -> str:
+    """Markdown: mean judged scores of default and fast, and fast - default +- the standard error of the paired
+    per-run differences."""
+    lines = [title, "", "| metric | default | fast | fast - default (+- s.e.) |", "| --- | --- | --- | --- |"]
+    d, f = res["default"], res["fast"]
+    n = len(d)
+    for key in (*JUDGE_KEYS, "seconds"):
+        a, b = [r[key] for r in d], [r[key] for r in f]
+        diffs = [y - x for x, y in zip(a, b)]
+        se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("nan")
+        unit = " (s)" if key == "seconds" else (" (dB)" if key == "consistency_psnr" else "")
+        lines.append(f"| {key}{unit} | {statistics.mean(a):.3f} | {statistics.mean(b):.3f} | "
+                     f"{statistics.mean(diffs):+.3f} +- {se:.3f} |")
+    p = res["frames_psnr"]
+    lines.append("")
+    lines.append(f"{n} runs; frames of fast vs default on the same seed: PSNR min {min(p):.1f} / median "
+                 f"{statistics.median(p):.1f} dB; speed-up of the whole text -> 3D run (median s): "
+                 f"{statistics.median(r['seconds'] for r in d) / statistics.median(r['seconds'] for r in f):.2f}x")
+    return "\n".join(lines)
+
+
+def run_judge(args) -> None:
+    from vist3a.pipeline import TextTo3DPipeline
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from training.micro.adherence import held_out_specs
+    from training.micro.judge import load_judge
+
+    pipe = TextTo3DPipeline.micro()
+    pipe.wan.set_progress_bar_config(disable=True)
+    weights = Path(__file__).resolve().parents[1] / "vist3a" / "weights" / "micro" / "judge" / "judge.safetensors"
+    judge = load_judge(weights)
+    specs = [s for split in args.judge_splits for s in held_out_specs(split, args.judge)]
+    res = judge_fast_path(pipe, judge, specs, seeds=args.judge_seeds)
+    steps = pipe.settings.num_inference_steps
+    print(judge_table(res, (f"Fast path judged on the micro world's ground truth: {args.judge} held-out prompts per "
+                            f"split ({', '.join(args.judge_splits)}) x {args.judge_seeds} seed(s), micro preset "
+                            f"(LoRA on), default {steps} steps vs --fast "
+                            f"{fast_steps(FAST, steps)} steps, "
+                            f"{torch.get_num_threads()} thread(s)")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=["tiny", "micro"], default="tiny")
@@ -142,8 +228,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="denoising steps (default: the preset's; tiny 4 is too few to "
                                                   "show the cache, so tiny defaults to 20)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--judge", type=int, default=0, metavar="N",
+                        help="micro only: judge default vs fast on N held-out prompts per split (module docstring)")
+    parser.add_argument("--judge-splits", nargs="+", choices=["test", "novel"], default=["test", "novel"])
+    parser.add_argument("--judge-seeds", type=int, default=1, help="seeds per prompt for --judge (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.judge:
+        if args.preset != "micro":
+            parser.error("--judge needs --preset micro (the judge and the ground truth are the micro world's)")
+        run_judge(args)
+        return
     from vist3a.pipeline import TextTo3DPipeline
 
     if args.preset == "micro":

@@ -16,8 +16,13 @@ end to end, with the peak VRAM of each stage):
 
 Configurations run interleaved (``--repeats`` rounds, after one warm-up round); tables give min / median and the
 ratios against ``released``. Then: gsplat (CUDA) vs this pack's PyTorch rasteriser on CUDA (1M Gaussians, 1024^2,
-when gsplat is installed and its kernels build), and the fast-path variants of ``bench/bench_fast_path.py`` at full
-size (speed and quality vs the default on the same seeds).
+when gsplat is installed and its kernels build), the fast-path variants of ``bench/bench_fast_path.py`` at full
+size (speed and quality vs the default on the same seeds), and two training steps with the pack's own step code:
+one DRTune step (``training.align_drtune.DRTuneTrainer.train_step``, official recipe, at 512x512 and 13 frames or,
+when that does not fit, the largest size of :data:`DRTUNE_LADDER` that does; the JSON / markdown say which) with
+its seconds and peak memory, and one stitched-decoder finetuning step (``training.train_stitched_decoder.Trainer.
+train_step``: teacher + VAE encode + stitched decoder + loss + backward + AdamW) with its clips/s and peak memory at
+13 and 21 views.
 
 Writes ``<out>/gpu_suite.json`` and ``<out>/gpu_suite.md`` and prints the tables.
 
@@ -350,6 +355,252 @@ def offload_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ============================================================================================ training steps
+#: DRTune sizes tried in order until one step fits: (pixels, frames, gradient checkpointing); the first is published
+DRTUNE_LADDER = ((512, 13, False), (512, 13, True), (384, 13, True), (256, 13, True), (256, 5, True))
+DRTUNE_ROLLOUT_STEPS = 30  # T of the measured step (the plan draws T in 10..50; only K = 2 + the last keep a graph)
+FINETUNE_VIEWS = (13, 21)  # the inference frame count and the largest count the finetuning draws
+
+
+def _training(name: str):
+    """``training.<name>`` of this repository (bench/ is run as a script, so the repository root may be missing)."""
+    import importlib
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(f"training.{name}")
+
+
+def _peak_gb(device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else float("nan")
+
+
+def _reset_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _free(device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def full_size_official_scorers(device: torch.device):
+    """The released reward's two scorers at full size with RANDOM weights: PickScore = transformers ``CLIPModel``
+    ViT-H/14 (vision 1280 x 32 layers, text 1024 x 24 layers, projection 1024) at 224 px, DFN5B = the same
+    architecture at 378 px (through the transformers path of ``DfnClipScorer``); the character tokenizer of the
+    other random models stands in for CLIP's BPE (77 tokens either way)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from vist3a.pipeline.presets import tiny_tokenizer
+
+    rewards = _training("rewards")
+    tok = tiny_tokenizer()
+    text = {"vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+            "num_attention_heads": 16, "max_position_embeddings": 77, "pad_token_id": 0, "bos_token_id": 1,
+            "eos_token_id": 1}
+    out = []
+    for image_size in (224, 378):
+        vision = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
+                  "image_size": image_size, "patch_size": 14}
+        with torch.device(device):
+            out.append(CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=1024)))
+    return rewards.PickScoreScorer(out[0], tok, 224), rewards.DfnClipScorer(out[1], tok, 378)
+
+
+def drtune_trainer(device: torch.device, tiny: bool, size: int, frames: int, checkpointing: bool, rollout: int):
+    """A ``training.align_drtune.DRTuneTrainer`` as ``python -m training.align_drtune`` builds it with its defaults
+    (recipe ``official``: LoRA r 8 on the fp32 Wan transformer, gen batch 4, the official reward on every
+    predicted camera) but T fixed to ``rollout``; tiny: ``--preset tiny``; else full-size random models
+    (:func:`full_size_wan` in fp32, the stitched AnySplat in fp32, :func:`full_size_official_scorers`, synthetic
+    clips for the flow-matching loss)."""
+    ad = _training("align_drtune")
+    runtime = _training("runtime")
+    argv = ["--output", "unused", "--prompt", PROMPT, "--t-min", str(rollout), "--t-max", str(rollout),
+            "--frames", str(frames), "--height", str(size), "--width", str(size)]
+    if tiny:  # the smallest step that still runs every part: 1 data clip, 2 rendered views
+        argv += ["--preset", "tiny", "--gen-batch-size", "1", "--views", "2"]
+    if checkpointing:
+        argv.append("--gradient-checkpointing")
+    args = ad.build_parser().parse_args(argv)
+    config = ad.config_from_args(args)
+    ctx = runtime.DistContext(rank=0, world_size=1, local_rank=0, device=device, backend=None)
+    if tiny:
+        pipe, decoder, rewards, dataset = ad._build(args, config, ctx)
+    else:
+        from bench_pipeline import full_size_decoder, full_size_wan
+
+        rw = _training("rewards")
+        data = _training("data")
+        pipe = full_size_wan(device)
+        for part in (pipe.transformer, pipe.text_encoder, pipe.vae):
+            part.to(torch.float32)  # the CLI's default --dtype float32
+        decoder = full_size_decoder(device, torch.float32)
+        rewards = rw.build_rewards(rw.parse_reward_spec(ad.OFFICIAL_REWARDS),
+                                   official=full_size_official_scorers(device))
+        dataset = data.SyntheticClips(64, views=frames, vae_size=size, model_size=size // 16 * 14, seed=0)
+    return ad.DRTuneTrainer(pipe, rewards, [PROMPT], config, ctx, decoder=decoder, dataset=dataset)
+
+
+def drtune_section(device: torch.device, tiny: bool) -> dict:
+    """One DRTune step (``DRTuneTrainer.train_step``: rollout with T UniPC steps, K = 2 + the last with gradients,
+    the official reward through VAE decode + stitched decoder + renders + both scorers, the flow-matching loss on 4
+    clips, backward, clip, AdamW, EMA): seconds and peak memory. CUDA: sizes of :data:`DRTUNE_LADDER` in order
+    until one fits (the out-of-memory ones are listed); one warm-up step, then the measured one. Tiny (CPU): 64 px,
+    5 frames, T = 2, one data clip, 2 rendered views, the measured step only."""
+    ladder = ((64, 5, False),) if tiny else DRTUNE_LADDER
+    rollout = 2 if tiny else DRTUNE_ROLLOUT_STEPS
+    failed = []
+    for size, frames, ckpt in ladder:
+        oom = False
+        try:
+            trainer = drtune_trainer(device, tiny, size, frames, ckpt, rollout)
+            resident = torch.cuda.memory_allocated(device) / 1024**3 if device.type == "cuda" else float("nan")
+            first = None
+            if not tiny:
+                _reset_peak(device)
+                t0 = time.perf_counter()
+                trainer.train_step()
+                torch.cuda.synchronize(device)
+                first = time.perf_counter() - t0
+            _reset_peak(device)
+            t0 = time.perf_counter()
+            res = trainer.train_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        if oom:  # outside the except block: its traceback no longer holds the step's tensors
+            trainer = None
+            _free(device)
+            failed.append({"size": size, "frames": frames, "gradient_checkpointing": ckpt})
+            print(f"  DRTune {size}x{size}, {frames} frames, checkpointing {ckpt}: out of memory", flush=True)
+            continue
+        out = {"size": size, "frames": frames, "gradient_checkpointing": ckpt, "rollout_steps": rollout,
+               "grad_steps": res.grad_steps, "seconds": seconds, "first_step_s": first, "peak_gb": _peak_gb(device),
+               "resident_gb": resident, "published_size": (size, frames) == (512, 13), "tiny": tiny,
+               "out_of_memory": failed,
+               "loss": res.loss}
+        del trainer
+        _free(device)
+        return out
+    return {"error": "no size of the ladder fits", "out_of_memory": failed}
+
+
+def finetune_trainer(device: torch.device, tiny: bool, views: int, checkpointing: bool, out_dir: Path):
+    """A ``training.train_stitched_decoder.Trainer`` as the CLI builds it with its defaults (recipe ``official``:
+    LoRA r 64 on the kept AnySplat, stitching layer trained, bf16 weights / autocast on CUDA with fp32 heads, batch
+    1) for ``views`` frames of synthetic clips; tiny: ``--preset tiny``; else the full-size random AnySplat (the
+    teacher and the stitched student cut at enc_blocks_2) and the random Wan 2.1 VAE, 512 -> 448 px."""
+    from unittest import mock
+
+    tsd = _training("train_stitched_decoder")
+    runtime = _training("runtime")
+    argv = ["--synthetic", "2", "--views", str(views), "--output", str(out_dir / "finetune_scratch"),
+            "--steps", "1000", "--warmup", "0"]
+    argv += ["--preset", "tiny"] if tiny else ["--model-path", "random-full-size", "--vae-path", "random-full-size"]
+    if checkpointing:
+        argv.append("--gradient-checkpointing")
+    args = tsd.build_parser().parse_args(argv)
+    tsd._check_args(args)
+    ctx = runtime.DistContext(rank=0, world_size=1, local_rank=0, device=device, backend=None)
+    if tiny:
+        return tsd.Trainer(args, ctx)
+    from diffusers import AutoencoderKLWan
+
+    from vist3a.models import AnySplat
+    from vist3a.stitching.vae import WanVAE
+
+    def base(_args):
+        with torch.device(device):
+            return AnySplat()
+
+    def vae(_args, dev):
+        with torch.device(dev):
+            model = AutoencoderKLWan().eval().requires_grad_(False)  # the published Wan 2.1 VAE config
+        return WanVAE(model, sample=True, generator=torch.Generator(device=dev))
+
+    with mock.patch.object(tsd, "_load_base", base), mock.patch.object(tsd, "_build_vae", vae):
+        return tsd.Trainer(args, ctx)
+
+
+def finetune_section(device: torch.device, tiny: bool, repeats: int, out_dir: Path) -> list[dict]:
+    """One stitched-decoder finetuning step (``Trainer.train_step``: VAE encode, frozen teacher on the real frames,
+    stitched student on the latents, the official loss, backward, clip, AdamW) per view count: min / median
+    seconds over ``repeats`` steps after one warm-up step (data loading excluded: the batches are built first),
+    clips/s = batch / median seconds, peak memory. On out-of-memory: again with gradient checkpointing."""
+    rows = []
+    for views in ((5,) if tiny else FINETUNE_VIEWS):
+        for ckpt in (False, True):
+            oom = False
+            try:
+                trainer = finetune_trainer(device, tiny, views, ckpt, out_dir)
+                batches = [trainer.batches[i] for i in range(repeats + 1)]
+                times = []
+                for i, batch in enumerate(batches):
+                    if i == 1:
+                        _reset_peak(device)
+                    t0 = time.perf_counter()
+                    trainer.train_step(batch)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if i >= 1:
+                        times.append(time.perf_counter() - t0)
+                batch_size = int(batches[0]["vae"].shape[0])
+            except torch.cuda.OutOfMemoryError:
+                oom = True
+            trainer = batches = None
+            _free(device)
+            if oom:
+                print(f"  finetune {views} views, checkpointing {ckpt}: out of memory", flush=True)
+                if ckpt:
+                    rows.append({"views": views, "error": "out of memory with gradient checkpointing"})
+                continue
+            med = statistics.median(times)
+            rows.append({"views": views, "gradient_checkpointing": ckpt, "times": times, "batch": batch_size,
+                         "clips_per_s": batch_size / med, "peak_gb": _peak_gb(device),
+                         "vae_size": 64 if tiny else 512, "model_size": 56 if tiny else 448})
+            break
+    return rows
+
+
+def training_table(drtune: dict | None, finetune: list[dict] | None) -> str:
+    lines = ["| training step | size | seconds (min / med) | throughput | peak memory GB | notes |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    if drtune is not None:
+        if "error" in drtune:
+            lines.append(f"| DRTune step | - | - | - | - | {drtune['error']} |")
+        else:
+            d = drtune
+            oom = "; out of memory at " + ", ".join(f"{o['size']}px/{o['frames']}f"
+                                                     f"{' ckpt' if o['gradient_checkpointing'] else ''}"
+                                                     for o in d["out_of_memory"]) if d["out_of_memory"] else ""
+            peak = "n/a" if d["peak_gb"] != d["peak_gb"] else f"{d['peak_gb']:.2f} (models {d['resident_gb']:.2f})"
+            lines.append(f"| DRTune step | {d['size']}x{d['size']}, {d['frames']} frames"
+                         f"{' (tiny)' if d['tiny'] else ' (published)' if d['published_size'] else ' (largest that fits)'}"
+                         " | "
+                         f"{d['seconds']:.2f} | - | {peak} | official recipe, T = {d['rollout_steps']} rollout "
+                         f"steps, grad at {d['grad_steps']}, gradient checkpointing "
+                         f"{'on' if d['gradient_checkpointing'] else 'off'}{oom} |")
+    for r in finetune or ():
+        if "error" in r:
+            lines.append(f"| stitched-decoder finetune step | {r['views']} views | - | - | - | {r['error']} |")
+            continue
+        t = r["times"]
+        peak = "n/a" if r["peak_gb"] != r["peak_gb"] else f"{r['peak_gb']:.2f}"
+        lines.append(f"| stitched-decoder finetune step | {r['views']} views, {r['vae_size']} -> {r['model_size']} "
+                     f"px, batch {r['batch']} | {min(t):.3f} / {statistics.median(t):.3f} | "
+                     f"{r['clips_per_s']:.2f} clips/s | {peak} | official recipe, gradient checkpointing "
+                     f"{'on' if r['gradient_checkpointing'] else 'off'} |")
+    return "\n".join(lines)
+
+
 # ============================================================================================ main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -358,7 +609,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 2; tiny 1)")
     parser.add_argument("--out", default="bench/out/gpu_suite", help="folder for gpu_suite.json / .md and scratch")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["pipeline", "rasteriser", "fast_variants", "offload"])
+                        choices=["pipeline", "rasteriser", "fast_variants", "offload", "drtune", "finetune"])
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not args.tiny and device.type != "cuda":
@@ -408,8 +659,14 @@ def main(argv=None) -> int:
         print("rasteriser: gsplat vs ours ...", flush=True)
         report["rasteriser"] = rasteriser_section(device, args.tiny, repeats if args.tiny else max(repeats, 3))
         md += ["## Rasteriser", "", rasteriser_table(report["rasteriser"]), ""]
-    md += [("Not measured by this suite yet: one DRTune step's peak memory and one finetuning step's "
-            "throughput."), ""]
+    if "drtune" not in args.skip:
+        print("training: one DRTune step ...", flush=True)
+        report["drtune_step"] = drtune_section(device, args.tiny)
+    if "finetune" not in args.skip:
+        print("training: stitched-decoder finetuning steps ...", flush=True)
+        report["finetune_step"] = finetune_section(device, args.tiny, repeats if args.tiny else max(repeats, 3), out)
+    if "drtune_step" in report or "finetune_step" in report:
+        md += ["## Training steps", "", training_table(report.get("drtune_step"), report.get("finetune_step")), ""]
     report["total_s"] = time.perf_counter() - t_start
     md.append(f"suite wall time {report['total_s']:.0f} s (model build {report['build_s']:.0f} s)")
     (out / "gpu_suite.json").write_text(json.dumps(report, indent=1, default=float))

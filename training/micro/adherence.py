@@ -27,14 +27,17 @@ from .judge import readings, score_readings
 from .shards import to_model_size
 from .world import SceneSpec, sample_scene
 
-__all__ = ["JUDGE_VIEWS", "evaluate_prompts", "held_out_specs", "judge_ground_truth"]
+__all__ = ["JUDGE_VIEWS", "evaluate_prompts", "held_out_specs", "judge_ground_truth", "judge_scene"]
 
 logger = logging.getLogger("vist3a.micro")
 
 JUDGE_VIEWS = (0, 4, 8)
 
 
-def _judge_scene(judge, gaussians, cameras, frames56, spec: SceneSpec) -> dict[str, float]:
+def judge_scene(judge, gaussians, cameras, frames56, spec: SceneSpec) -> dict[str, float]:
+    """Judge one generated scene against its prompt's spec: render ``gaussians`` at ``cameras`` (V >= 9 predicted
+    cameras) of views :data:`JUDGE_VIEWS` at 56 px, read them with the judge -> {count (0/1), colour_f1, shape_f1,
+    exact (0/1), consistency_psnr (dB between those renders and ``frames56`` (T, 3, 56, 56) in [0, 1])}."""
     cams = cameras[torch.tensor(JUDGE_VIEWS)]
     renders = render_views(gaussians.to(dtype=torch.float32), cams.to("cpu", torch.float32))
     out = score_readings(readings(judge, renders), spec)
@@ -53,9 +56,9 @@ def evaluate_prompts(pipe, model3d, judge, specs: Sequence[SceneSpec], *, seed: 
     for k, spec in enumerate(tqdm(specs, desc=desc, unit="prompt", disable=not progress, leave=False)):
         scene = pipe(spec.caption, seed=seed + k, num_inference_steps=steps, progress=False)
         frames56 = to_model_size(scene.frames, 56)
-        rows["stitched"].append(_judge_scene(judge, scene.gaussians, scene.cameras, frames56, spec))
+        rows["stitched"].append(judge_scene(judge, scene.gaussians, scene.cameras, frames56, spec))
         base = model3d.predict(frames56[None])
-        rows["decode_reconstruct"].append(_judge_scene(judge, base.gaussians[0], base.cameras[0], frames56, spec))
+        rows["decode_reconstruct"].append(judge_scene(judge, base.gaussians[0], base.cameras[0], frames56, spec))
     out: dict[str, Any] = {"prompts": len(specs)}
     for method, vals in rows.items():
         out[method] = {key: sum(v[key] for v in vals) / max(len(vals), 1) for key in vals[0]} if vals else {}

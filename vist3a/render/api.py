@@ -33,6 +33,7 @@ from ..pointcloud import PointCloud
 from ..sh import eval_sh
 from .projection import EPS2D, project_gaussians
 from .rasterizer import DEFAULT_CHUNK_ELEMENTS, TILE_SIZE, rasterize_tiles
+from .threads import render_threads
 
 __all__ = ["RenderOutput", "render", "render_point_cloud", "render_with"]
 
@@ -81,6 +82,7 @@ def render(
     backend: Backend = "auto",
     tile_size: int = TILE_SIZE,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    threads: int | None = None,
 ) -> RenderOutput:
     """Render ``gaussians`` from every camera in ``cameras`` (conventions in the module docstring).
 
@@ -99,6 +101,12 @@ def render(
         chunk_elements: memory budget of the PyTorch rasteriser, the number of pixel x splat pairs evaluated at once
             (each costs a few float temporaries). With autograd, when a view needs more than 8 budgets, chunks
             are recomputed in backward (activation checkpointing) so memory stays near one budget.
+        threads: torch intra-op threads of the PyTorch rasteriser on the CPU for this call (torch's setting is
+            restored afterwards; not thread-safe against other Python threads changing it meanwhile). None: the
+            environment variable ``VIST3A_RENDER_THREADS`` (an int, ``auto`` or ``torch``), default ``auto`` =
+            ``torch.get_num_threads()`` minus the cores other processes keep busy (at least 1), because OpenMP
+            threads sharing a core with another busy process slow the whole render down many times over
+            (:mod:`vist3a.render.threads`). The images do not depend on it beyond float rounding.
 
     Returns:
         :class:`RenderOutput` with rgb (V, H, W, 3), alpha (V, H, W, 1) and depth (V, H, W, 1) in the Gaussians'
@@ -146,8 +154,18 @@ def render(
         else:
             _GSPLAT.worked = True
             return out
-    return _render_prepared(rasterize_tiles, gaussians, cameras, sh_degree, background, near_plane, far_plane,
-                            tile_size=tile_size, chunk_elements=chunk_elements)
+    if gaussians.device.type != "cpu":
+        return _render_prepared(rasterize_tiles, gaussians, cameras, sh_degree, background, near_plane, far_plane,
+                                tile_size=tile_size, chunk_elements=chunk_elements)
+    n_threads, previous = render_threads(threads), torch.get_num_threads()
+    if n_threads != previous:
+        torch.set_num_threads(n_threads)
+    try:
+        return _render_prepared(rasterize_tiles, gaussians, cameras, sh_degree, background, near_plane, far_plane,
+                                tile_size=tile_size, chunk_elements=chunk_elements)
+    finally:
+        if n_threads != previous:
+            torch.set_num_threads(previous)
 
 
 def render_point_cloud(
