@@ -15,8 +15,8 @@ fewer threads than torch's setting when other processes keep cores busy:
   a thread is dropped as soon as other processes use more than a quarter of a core that it would need.
 
 ``others`` is measured from ``/proc/stat`` (all CPUs' busy time) minus ``/proc/self/stat`` (this process's), between
-the previous call and now when that window is 0.05 s to 60 s long (our own renders do not count: no feedback), else
-over a 0.05 s sample. Without ``/proc`` (macOS, Windows) it is the 1-minute load average minus one (this process),
+the previous call and now when that window is 0.05 s to 2 s long (our own renders do not count: no feedback), else
+over a fresh 0.05 s sample (a longer window would still count a process that has since stopped). Without ``/proc`` (macOS, Windows) it is the 1-minute load average minus one (this process),
 or 0 when that is unavailable too.
 """
 
@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 RENDER_THREADS_ENV = "VIST3A_RENDER_THREADS"
 HEADROOM = 0.25  # a thread needs a core whose other users take at most this much of it
 SAMPLE_S = 0.05
-MAX_WINDOW_S = 60.0
+MAX_WINDOW_S = 2.0  # older readings describe another moment (bench_render_load: a stale 60 s window kept 1 thread
+# for seconds after the other process had stopped)
 
 
 def choose_threads(current: int, cpus: int, others: float) -> int:
