@@ -54,6 +54,7 @@ __all__ = [
     "normalise_scene",
     "scene_losses",
     "train_model3d",
+    "train_scene_model",
 ]
 
 logger = logging.getLogger("vist3a.micro")
@@ -165,22 +166,32 @@ def train_model3d(world: str | Path, out: str | Path, cfg: Model3DTrainConfig, *
                   stop_after: int | None = None) -> int:
     """Train (or resume) the micro AnySplat into ``out``; export ``out/anysplat`` (``save_pretrained``: config.json
     + model.safetensors, loads with ``vist3a.models.from_pretrained``) when done. Returns the exit code."""
+    return train_scene_model(world, out, cfg, micro_anysplat(cfg.seed), scene_losses, tag="model3d",
+                             desc="micro AnySplat", export="anysplat", progress=progress, stop_after=stop_after)
+
+
+def train_scene_model(world: str | Path, out: str | Path, cfg, model, losses, *, tag: str, desc: str, export: str,
+                      progress: bool = True, stop_after: int | None = None) -> int:
+    """The loop every micro 3D model trains with: one training scene per step drawn from (seed, step, ``tag``),
+    ``losses(model, item, cfg, rng, render_weight) -> (loss, parts)`` with the photometric weight ramped in after
+    ``cfg.render_warmup`` steps, AdamW + cosine schedule, gradient clip 1; ``save_pretrained`` into ``out/export``
+    when done. ``cfg`` has steps, lr, warmup, weight_decay, render_warmup, seed and ``to_dict()``."""
     from vist3a.models.loading import save_pretrained
 
     from ..runtime import cosine_with_warmup
 
     out = Path(out)
     scenes = MicroScenes(world, "train")
-    model = micro_anysplat(cfg.seed).train()
+    model = model.train()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = cosine_with_warmup(opt, cfg.warmup, cfg.steps, 0.05)
 
     def step_fn(step: int) -> dict:
-        rng = step_rng(cfg.seed, step, "model3d")
+        rng = step_rng(cfg.seed, step, tag)
         item = scenes[rng.randrange(len(scenes))]
         ramp = 0.0 if step < cfg.render_warmup else min(1.0, (step - cfg.render_warmup + 1) / max(cfg.render_warmup, 1))
-        loss, parts = scene_losses(model, item, cfg, rng, ramp)
+        loss, parts = losses(model, item, cfg, rng, ramp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
@@ -189,10 +200,10 @@ def train_model3d(world: str | Path, out: str | Path, cfg: Model3DTrainConfig, *
         return {"loss": loss.item(), **parts, "grad_norm": gn.item()}
 
     res = train_loop(out, params=params, optimizer=opt, scheduler=sched, step_fn=step_fn, steps=cfg.steps,
-                     config=cfg.to_dict(), desc="micro AnySplat", progress=progress, stop_after=stop_after)
+                     config=cfg.to_dict(), desc=desc, progress=progress, stop_after=stop_after)
     if res.step >= cfg.steps:
-        save_pretrained(model.eval(), out / "anysplat")
-        logger.info("micro AnySplat exported to %s", out / "anysplat")
+        save_pretrained(model.eval(), out / export)
+        logger.info("%s exported to %s", desc, out / export)
     return res.code
 
 

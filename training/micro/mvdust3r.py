@@ -52,9 +52,7 @@ from torch import Tensor
 from vist3a import Cameras
 from vist3a.models import MVDUSt3R, MVDUSt3RConfig
 
-from .loop import step_rng, train_loop
-from .model3d import normalise_scene
-from .shards import MicroScenes
+from .model3d import normalise_scene, train_scene_model
 
 __all__ = ["MODEL_SIZE", "MVDUSt3RTrainConfig", "ground_truth_points", "micro_mvdust3r", "micro_mvdust3r_config",
            "mvdust3r_losses", "train_mvdust3r"]
@@ -158,32 +156,5 @@ def train_mvdust3r(world: str | Path, out: str | Path, cfg: MVDUSt3RTrainConfig,
                    stop_after: int | None = None) -> int:
     """Train (or resume) the micro MVDUSt3R into ``out``; export ``out/mvdust3r`` (``save_pretrained``) when done.
     Returns the exit code (0 done or stopped by ``stop_after``, 130 / 143 interrupted)."""
-    from vist3a.models.loading import save_pretrained
-
-    from ..runtime import cosine_with_warmup
-
-    out = Path(out)
-    scenes = MicroScenes(world, "train")
-    model = micro_mvdust3r(cfg.seed).train()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = cosine_with_warmup(opt, cfg.warmup, cfg.steps, 0.05)
-
-    def step_fn(step: int) -> dict:
-        rng = step_rng(cfg.seed, step, "mvdust3r")
-        item = scenes[rng.randrange(len(scenes))]
-        ramp = 0.0 if step < cfg.render_warmup else min(1.0, (step - cfg.render_warmup + 1) / max(cfg.render_warmup, 1))
-        loss, parts = mvdust3r_losses(model, item, cfg, rng, ramp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-        opt.step()
-        sched.step()
-        return {"loss": loss.item(), **parts, "grad_norm": gn.item()}
-
-    res = train_loop(out, params=params, optimizer=opt, scheduler=sched, step_fn=step_fn, steps=cfg.steps,
-                     config=cfg.to_dict(), desc="micro MVDUSt3R", progress=progress, stop_after=stop_after)
-    if res.step >= cfg.steps:
-        save_pretrained(model.eval(), out / "mvdust3r")
-        logger.info("micro MVDUSt3R exported to %s", out / "mvdust3r")
-    return res.code
+    return train_scene_model(world, out, cfg, micro_mvdust3r(cfg.seed), mvdust3r_losses, tag="mvdust3r",
+                             desc="micro MVDUSt3R", export="mvdust3r", progress=progress, stop_after=stop_after)
