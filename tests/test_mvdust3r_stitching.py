@@ -254,3 +254,18 @@ def test_view_embeddings_are_an_opt_in_micro_option():
             torch.testing.assert_close(again(images)["pts3d"][0, 0], pts)
         with pytest.raises(ValueError, match="view embeddings for 3 views"):
             model(torch.rand(1, 4, 3, 32, 32))
+
+
+def test_cameras_from_pointmap_runs_under_inference_mode():
+    """ComfyUI runs nodes under torch.inference_mode(): the pose refinement needs gradients all the same."""
+    from vist3a.models.geometry import cameras_from_pointmap
+
+    h, w, f = 16, 16, 20.0
+    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    d = 2 + torch.rand(h, w, generator=torch.Generator().manual_seed(0))
+    cam = torch.stack([(u - w / 2) / f * d, (v - h / 2) / f * d, d], -1)
+    pts = torch.stack([cam, cam + torch.tensor([0.2, 0.0, 0.0])])  # view 1: camera moved by -0.2 in x
+    with torch.inference_mode():
+        c2w, k, _ = cameras_from_pointmap(pts, torch.ones(2, h, w))
+    assert abs(float(k[0, 0, 0]) - f) < 1e-3
+    torch.testing.assert_close(c2w[1, :3, 3], torch.tensor([0.2, 0.0, 0.0]), atol=1e-3, rtol=0)

@@ -321,7 +321,7 @@ def _check_models(args: argparse.Namespace, kind: str) -> None:
     if args.preset == "micro":
         from .pipeline.presets import micro_decoder_parts, micro_path
 
-        for part in ("vae", *micro_decoder_parts(args.micro_model)):
+        for part in ("vae", *micro_decoder_parts(args.micro_model or "anysplat")):
             micro_path(part)
         return
     lora = getattr(args, "lora", None)

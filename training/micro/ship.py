@@ -184,9 +184,11 @@ def mvdust3r_cards(run: Path, res: dict, best: str, finetune_steps: int) -> str:
 ## mvdust3r/ - micro MVDUSt3R (the second 3D model)
 
 This pack's `vist3a.models.MVDUSt3R` (MV-DUSt3R, one reference view): CroCo encoder width 128 x 6 blocks, decoder
-width 128 x 4 blocks, patch 16 on 64x64 frames (4x4 tokens), pointmap head with a 16-channel skip branch, Gaussian
-head (one Gaussian per pixel, colours from the input frames), scale clip (1e-3, 0.05) mean distances (released:
-(1e-4, 4e-3), sized for 224 px), {m['params_m']:.2f}M parameters. Trained {(steps or -1) + 1} steps from scratch
+width 128 x 4 blocks, patch 16 on 64x64 frames (4x4 tokens), one learnt vector per view position of the ordered
+9-frame clip added to the decoder tokens (`view_embeddings: 9`, not in the released models: without it the
+non-reference views collapsed to one mean pointmap, see `docs/micro_world.md`), pointmap head with a 16-channel skip
+branch, Gaussian head (one Gaussian per pixel, colours from the input frames), scale clip (1e-3, 0.05) mean distances (released:
+(1e-4, 4e-3), sized for 224 px), {m['params_m']:.2f}M parameters. Trained {steps} steps from scratch
 (`python -m training.micro mvdust3r`; one scene of 9 views per step; DUSt3R's confidence-aware pointmap regression in
 view 0's frame against the ground truth, and from step 300 the photometric L1 + SSIM of its Gaussians rendered at the
 true cameras of 1 input and 1 held-out view; AdamW 3e-4, cosine), {_fmt_min(seconds)}. On {m['scenes']} held-out

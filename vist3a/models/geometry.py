@@ -124,7 +124,15 @@ def _refine_pose(xs: Tensor, mx: Tensor, my: Tensor, w: Tensor, rot: Tensor, t: 
                  scales: tuple[float, ...] = (16.0, 4.0, 1.0), iters: int = 50) -> tuple[Tensor, Tensor, float]:
     """Minimise :func:`_robust_cost` over (rot, t) from the given start, with the cost's scale shrinking over
     ``scales`` pixels (graduated: wide basins first, then the precise fit); L-BFGS on an axis-angle update and t.
-    Returns (rot, t, cost at the last scale)."""
+    Returns (rot, t, cost at the last scale). Runs with gradients even under ``no_grad`` / ``inference_mode``
+    (ComfyUI runs nodes in inference mode), on normal copies of the inputs."""
+    with torch.inference_mode(False):
+        xs, mx, my, w, rot, t = (v.clone() for v in (xs, mx, my, w, rot, t))
+        return _refine_pose_graduated(xs, mx, my, w, rot, t, f, scales, iters)
+
+
+def _refine_pose_graduated(xs: Tensor, mx: Tensor, my: Tensor, w: Tensor, rot: Tensor, t: Tensor, f: float,
+                           scales: tuple[float, ...], iters: int) -> tuple[Tensor, Tensor, float]:
     for scale in scales:
         omega = torch.zeros(3, dtype=xs.dtype, requires_grad=True)
         tt = t.detach().clone().requires_grad_(True)
