@@ -42,7 +42,7 @@ keep every splat below a third of a pixel. The Gaussian head's scale MLP has no 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,7 +52,7 @@ from torch import Tensor
 from vist3a import Cameras
 from vist3a.models import MVDUSt3R, MVDUSt3RConfig
 
-from .model3d import normalise_scene, train_scene_model
+from .model3d import Model3DTrainConfig, normalise_scene, train_scene_model
 
 __all__ = ["MODEL_SIZE", "MVDUSt3RTrainConfig", "ground_truth_points", "micro_mvdust3r", "micro_mvdust3r_config",
            "mvdust3r_losses", "train_mvdust3r"]
@@ -82,20 +82,14 @@ def micro_mvdust3r(seed: int = 0) -> MVDUSt3R:
 
 
 @dataclass
-class MVDUSt3RTrainConfig:
-    steps: int = 2400
-    lr: float = 3e-4
-    warmup: int = 200
-    weight_decay: float = 0.01
-    conf_alpha: float = 0.2
-    render_warmup: int = 300
-    render_context: int = 1
-    render_targets: int = 1
-    render_weight: float = 1.0
-    seed: int = 0
+class MVDUSt3RTrainConfig(Model3DTrainConfig):
+    """The micro AnySplat's schedule (:class:`Model3DTrainConfig`) with its own defaults, plus DUSt3R's confidence
+    weight ``conf_alpha``."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    steps: int = 2400
+    warmup: int = 200
+    render_warmup: int = 300
+    conf_alpha: float = 0.2
 
 
 def ground_truth_points(item: dict, size: int = MODEL_SIZE) -> tuple[Tensor, Tensor, Tensor]:
