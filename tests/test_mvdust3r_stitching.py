@@ -269,3 +269,17 @@ def test_cameras_from_pointmap_runs_under_inference_mode():
         c2w, k, _ = cameras_from_pointmap(pts, torch.ones(2, h, w))
     assert abs(float(k[0, 0, 0]) - f) < 1e-3
     torch.testing.assert_close(c2w[1, :3, 3], torch.tensor([0.2, 0.0, 0.0]), atol=1e-3, rtol=0)
+
+
+def test_tiny_model_builds_each_kind_and_refuses_others():
+    from vist3a.models import VGGT, AnySplat, tiny_model
+
+    assert isinstance(tiny_model("anysplat"), AnySplat) and isinstance(tiny_model("vggt"), VGGT)
+    mvd = tiny_model("mvdust3r", seed=3)
+    assert isinstance(mvd, MVDUSt3R) and mvd.config.n_ref == 4
+    torch.testing.assert_close(mvd.state_dict()["enc_norm.weight"], tiny_model("mvdust3r", seed=3).state_dict()[
+        "enc_norm.weight"])
+    assert not torch.equal(mvd.state_dict()["decoder_embed.weight"],
+                           tiny_model("mvdust3r", seed=4).state_dict()["decoder_embed.weight"])
+    with pytest.raises(ValueError, match="unknown 3D model 'dust3r'"):
+        tiny_model("dust3r")

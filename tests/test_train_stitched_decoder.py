@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from training import losses
 from training import train_stitched_decoder as tsd
+from vist3a.models import tiny_model
 
 BASE = ["--preset", "tiny", "--synthetic", "1", "--warmup", "1", "--lr", "1e-3", "--save-every", "2", "--quiet"]
 DIST_ARGS = [*BASE, "--views", "5,9", "--steps", "8"]
@@ -210,7 +211,7 @@ def _trained_in_memory(out: Path):
     from vist3a.stitching.lora import merge_lora
 
     args = tsd.build_parser().parse_args([*SINGLE_ARGS, "--output", str(out)])
-    student = tsd.prepare_trainable_official(tsd.build_student(args, tsd._tiny_base("anysplat", 0)), 64, 32)
+    student = tsd.prepare_trainable_official(tsd.build_student(args, tiny_model("anysplat", 0)), 64, 32)
     state = _state(out)
     with torch.no_grad():
         for name, p in tsd.trainable_tensors(student).items():
@@ -238,7 +239,7 @@ def test_exported_decoder_loads_and_decodes(single_runs, tmp_path, single_thread
     torch.testing.assert_close(a["gaussians"][0].means, b["gaussians"][0].means, rtol=1e-4, atol=1e-5)
     # the finetune changed the decoder (it is not the untrained tiny one)
     assert not torch.equal(loaded.stitching.weight, tsd.build_student(
-        tsd.build_parser().parse_args([*SINGLE_ARGS, "--output", "x"]), tsd._tiny_base("anysplat", 0)
+        tsd.build_parser().parse_args([*SINGLE_ARGS, "--output", "x"]), tiny_model("anysplat", 0)
     ).stitching.weight)
 
     pipe = VideoTo3DPipeline(tiny_video_vae("wan", seed=0).vae, load_stitched_decoder(out / "decoder"), 9, 64, 64)
@@ -274,15 +275,15 @@ def test_init_from_layer_search_file_and_from_decoder(single_runs, tmp_path):
               metadata={"format": "vist3a.stitching_layer", "config": cfg.to_string(), "layer": "enc_blocks_1",
                         "in_channels": "16"})
     args = tsd.build_parser().parse_args([*SINGLE_ARGS, "--output", "x", "--init-stitching", str(path)])
-    student = tsd.build_student(args, tsd._tiny_base("anysplat", 0))
+    student = tsd.build_student(args, tiny_model("anysplat", 0))
     assert student.cut == "enc_blocks_1" and torch.equal(student.stitching.weight, weight)
     args = tsd.build_parser().parse_args([*SINGLE_ARGS, "--output", "x", "--init-stitching", str(path),
                                           "--cut", "enc_blocks_2"])
     with pytest.raises(ValueError, match="fitted at enc_blocks_1"):
-        tsd.build_student(args, tsd._tiny_base("anysplat", 0))
+        tsd.build_student(args, tiny_model("anysplat", 0))
     dec = single_runs[0] / "full" / "decoder"
     args = tsd.build_parser().parse_args([*SINGLE_ARGS, "--output", "x", "--init-decoder", str(dec)])
-    student = tsd.build_student(args, tsd._tiny_base("anysplat", 0))
+    student = tsd.build_student(args, tiny_model("anysplat", 0))
     assert torch.equal(student.stitching.weight, load_file(str(dec / "model.safetensors"))["stitching.weight"])
 
 

@@ -158,20 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ============================================================================================ building
 def _build_model(args, device, dtype):
     if args.tiny:
-        from vist3a.models import (
-            VGGT,
-            AnySplat,
-            AnySplatConfig,
-            MVDUSt3R,
-            MVDUSt3RConfig,
-            VGGTConfig,
-        )
+        from vist3a.models import tiny_model
 
-        torch.manual_seed(args.seed)
-        if args.model == "mvdust3r":
-            model = MVDUSt3R(MVDUSt3RConfig.tiny(n_ref=4))
-        else:
-            model = AnySplat(AnySplatConfig.tiny()) if args.model == "anysplat" else VGGT(VGGTConfig.tiny())
+        model = tiny_model(args.model, args.seed)
     else:
         if not args.model_path:
             raise ValueError("--model-path is required (or use --tiny)")

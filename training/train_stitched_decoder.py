@@ -269,22 +269,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 # ============================================================================================ models
-def _tiny_base(kind: str, seed: int) -> nn.Module:
-    from vist3a.models import (
-        VGGT,
-        AnySplat,
-        AnySplatConfig,
-        MVDUSt3R,
-        MVDUSt3RConfig,
-        VGGTConfig,
-    )
-
-    torch.manual_seed(seed)
-    if kind == "mvdust3r":
-        return MVDUSt3R(MVDUSt3RConfig.tiny(n_ref=4))
-    return AnySplat(AnySplatConfig.tiny()) if kind == "anysplat" else VGGT(VGGTConfig.tiny())
-
-
 def model_width(model: nn.Module) -> int:
     """Token width the stitching layer outputs (1024 for every released model)."""
     agg = getattr(model, "aggregator", None)
@@ -293,7 +277,9 @@ def model_width(model: nn.Module) -> int:
 
 def _load_base(args) -> nn.Module:
     if args.preset == "tiny":
-        return _tiny_base(args.model, args.seed)
+        from vist3a.models import tiny_model
+
+        return tiny_model(args.model, args.seed)
     from vist3a.models import from_pretrained
 
     return from_pretrained(args.model_path, model=args.model)

@@ -22,6 +22,7 @@ from .loading import (
     from_pretrained,
     load_checkpoint_into,
     save_pretrained,
+    tiny_model,
 )
 from .mvdust3r import MVDUSt3R, MVDUSt3RPrediction, mvdust3r_gaussians
 from .vggt import VGGT, VGGTPrediction
@@ -43,6 +44,7 @@ __all__ = [
     "load_checkpoint_into",
     "mvdust3r_gaussians",
     "save_pretrained",
+    "tiny_model",
     "to_gaussians",
     "voxel_fuse",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "load_mvdust3r_state",
     "load_state_dict_file",
     "save_pretrained",
+    "tiny_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,17 @@ MVDUST3R_FILES = {"mvd": "checkpoints/MVD.pth", "mvdp_s1": "checkpoints/MVDp_s1.
                   "mvdp_s2": "checkpoints/MVDp_s2.pth"}
 _WEIGHT_NAMES = ("model.safetensors", "model.pt", "pytorch_model.bin", "model.pth")
 _DROPPED_PREFIXES = ("encoder.distill_aggregator.", "encoder.distill_camera_head.", "encoder.distill_depth_head.")
+
+
+def tiny_model(kind: str, seed: int = 0) -> nn.Module:
+    """A tiny randomly initialised 3D model of ``kind`` (``"anysplat"``, ``"vggt"`` or ``"mvdust3r"``: MV-DUSt3R+
+    with 4 reference paths) for tests and offline plumbing runs, seeded with ``seed``."""
+    builders = {"anysplat": lambda: AnySplat(AnySplatConfig.tiny()), "vggt": lambda: VGGT(VGGTConfig.tiny()),
+                "mvdust3r": lambda: MVDUSt3R(MVDUSt3RConfig.tiny(n_ref=4))}
+    if kind not in builders:
+        raise ValueError(f"tiny_model: unknown 3D model {kind!r}; one of {sorted(builders)}")
+    torch.manual_seed(seed)
+    return builders[kind]()
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -119,24 +119,13 @@ def tiny_decoder(seed: int = 0, kind: str = "anysplat", latent_channels: int = 1
     """A tiny stitched decoder: tiny AnySplat (or VGGT) cut at ``enc_blocks_2`` + the tiny stitching layer; tiny
     MVDUSt3R (``kind="mvdust3r"``, MV-DUSt3R+ with 4 paths) cut at ``enc_blocks_1`` + the paper's layer geometry.
     ``latent_channels`` / ``temporal_factor``: the video VAE's (16 / 4 for Wan; SVD: 4 / 1)."""
-    from ..models import (
-        VGGT,
-        AnySplat,
-        AnySplatConfig,
-        MVDUSt3R,
-        MVDUSt3RConfig,
-        VGGTConfig,
-    )
+    from ..models import tiny_model
     from ..stitching import StitchedDecoder, StitchingLayer
 
-    torch.manual_seed(seed)
-    if kind == "mvdust3r":
-        return StitchedDecoder(MVDUSt3R(MVDUSt3RConfig.tiny(n_ref=4)), "enc_blocks_1",
-                               StitchingLayer(TINY_MVDUST3R_STITCHING, in_channels=latent_channels,
-                                              temporal_factor=temporal_factor)).eval()
-    model = AnySplat(AnySplatConfig.tiny()) if kind == "anysplat" else VGGT(VGGTConfig.tiny())
-    return StitchedDecoder(model, "enc_blocks_2", StitchingLayer(TINY_STITCHING, in_channels=latent_channels,
-                                                                 temporal_factor=temporal_factor)).eval()
+    model = tiny_model(kind, seed)  # seeds torch: the stitching layer below is seeded too
+    cut, conf = ("enc_blocks_1", TINY_MVDUST3R_STITCHING) if kind == "mvdust3r" else ("enc_blocks_2", TINY_STITCHING)
+    return StitchedDecoder(model, cut, StitchingLayer(conf, in_channels=latent_channels,
+                                                      temporal_factor=temporal_factor)).eval()
 
 
 # ============================================================================================ micro (trained)
