@@ -67,14 +67,15 @@ class StitchedDecoder(nn.Module):
     """A 3D model (AnySplat or VGGT) fed from Wan latents through a :class:`StitchingLayer`.
 
     Args:
-        model: AnySplat or VGGT (full, or already cut at the same point); modified in place (its cut part is
-            deleted to free memory).
-        cut: ``"enc_blocks_k"``: the stitching features replace the tokens after DINO block k.
+        model: AnySplat, VGGT or MVDUSt3R (full, or already cut at the same point); modified in place (its cut part
+            is deleted to free memory).
+        cut: ``"enc_blocks_k"``: the stitching features replace the tokens after DINO block k (MVDUSt3R: the CroCo
+            encoder state after block k).
         stitching: the stitching layer; its ``out_channels`` must equal the model width (1024).
         video_pixels_per_token: video pixels per token side (16 = VAE 8 x conv stride 2, the official pairing).
     """
 
-    def __init__(self, model: AnySplat | VGGT, cut: str, stitching: StitchingLayer,
+    def __init__(self, model: AnySplat | VGGT | MVDUSt3R, cut: str, stitching: StitchingLayer,
                  video_pixels_per_token: int = VIDEO_PIXELS_PER_TOKEN) -> None:
         super().__init__()
         if not isinstance(model, (AnySplat, VGGT, MVDUSt3R)):
@@ -83,46 +84,28 @@ class StitchedDecoder(nn.Module):
         if not isinstance(stitching, StitchingLayer):
             raise TypeError(f"StitchedDecoder: stitching must be a StitchingLayer, got {type(stitching).__name__}")
         k = cut_index(cut)
-        if isinstance(model, MVDUSt3R):
-            self._init_mvdust3r(model, k, stitching, video_pixels_per_token)
-            return
-        dino = model.aggregator.patch_embed
-        total = dino.first_block + len(dino.blocks)
+        if isinstance(model, MVDUSt3R):  # the stitching features replace the CroCo encoder state after block k
+            front, width = model, model.embed_dim
+            total, removed = model.first_block + len(model.enc_blocks), "MVDUSt3R patch embedding and encoder blocks"
+            hint = " (paper: conv3d_k5x7x7_o1024_s1x3x3_p2x0x0)"
+        else:  # ... the DINO tokens after block k
+            front, width = model.aggregator.patch_embed, model.aggregator.embed_dim
+            total, removed, hint = front.first_block + len(front.blocks), "DINO patch embedding and blocks", ""
         if not 1 <= k <= total:
             raise ValueError(f"StitchedDecoder: cut {cut!r} is outside enc_blocks_1..enc_blocks_{total}")
-        if dino.first_block not in (0, k):
-            raise ValueError(f"StitchedDecoder: the model was already cut at enc_blocks_{dino.first_block}, cannot "
+        if front.first_block not in (0, k):
+            raise ValueError(f"StitchedDecoder: the model was already cut at enc_blocks_{front.first_block}, cannot "
                              f"use it at {cut!r}; build a fresh base model")
-        width = model.aggregator.embed_dim
         if stitching.out_channels != width:
             raise ValueError(f"StitchedDecoder: stitching layer outputs {stitching.out_channels} channels but the "
-                             f"3D model's tokens have {width}; use a config with _o{width}")
-        if dino.first_block == 0:
-            dino.cut_front(k)
-            logger.info("StitchedDecoder: removed the DINO patch embedding and blocks 0..%d", k - 1)
+                             f"3D model's tokens have {width}; use a config with _o{width}{hint}")
+        if front.first_block == 0:
+            front.cut_front(k)
+            logger.info("StitchedDecoder: removed the %s 0..%d", removed, k - 1)
         self.model = model
         self.stitching = stitching
         self.cut = f"enc_blocks_{k}"
         self.video_pixels_per_token = int(video_pixels_per_token)
-
-    def _init_mvdust3r(self, model: MVDUSt3R, k: int, stitching: StitchingLayer, ppt: int) -> None:
-        total = model.first_block + len(model.enc_blocks)
-        if not 1 <= k <= total:
-            raise ValueError(f"StitchedDecoder: cut enc_blocks_{k} is outside enc_blocks_1..enc_blocks_{total}")
-        if model.first_block not in (0, k):
-            raise ValueError(f"StitchedDecoder: the model was already cut at enc_blocks_{model.first_block}, cannot "
-                             f"use it at enc_blocks_{k}; build a fresh base model")
-        if stitching.out_channels != model.embed_dim:
-            raise ValueError(f"StitchedDecoder: stitching layer outputs {stitching.out_channels} channels but "
-                             f"MVDUSt3R's encoder tokens have {model.embed_dim}; use a config with "
-                             f"_o{model.embed_dim} (paper: conv3d_k5x7x7_o1024_s1x3x3_p2x0x0)")
-        if model.first_block == 0:
-            model.cut_front(k)
-            logger.info("StitchedDecoder: removed the MVDUSt3R patch embedding and encoder blocks 0..%d", k - 1)
-        self.model = model
-        self.stitching = stitching
-        self.cut = f"enc_blocks_{k}"
-        self.video_pixels_per_token = int(ppt)
 
     # ------------------------------------------------------------------------------------------ properties
     @property
