@@ -26,8 +26,8 @@ Losses per step (one scene):
 Frame order: MVDUSt3R's views are unordered; a non-reference view's pointmap must be placed in view 0's frame by
 matching content across views. Trained from scratch at this scale it did not learn that: the first micro MVDUSt3R
 (3000 steps, no view embeddings) gave all 8 non-reference views nearly the same pointmap (the mean over orbit
-positions; views 1 and 8 differed by 0.02 of the points' mean distance, the ground truth by ~0.6), rendered novel
-views at about 10 dB and left nothing for the camera estimate to find. As the micro AnySplat has one camera token
+positions; the pointmaps of views 1 and 8 differed by 0.06 of the points' mean distance, the ground truth's by 1.09),
+and its novel views reached 12.96 dB (report, 60 held-out scenes). As the micro AnySplat has one camera token
 entry per frame, the micro MVDUSt3R adds one learnt vector per view position of the ordered 9-frame clip to its
 decoder tokens (``MVDUSt3RConfig.view_embeddings = 9``; 0 = the released models). The report measures both
 (``view_spread``).
